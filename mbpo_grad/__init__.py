@@ -1,0 +1,33 @@
+"""mbpo_grad: pathwise policy gradients by backpropagation through differentiable systems.
+
+Core contract::
+
+    J = mbpo_grad.pathwise_objective(policy, params, step, reward, states, *, horizon,
+                                     gamma=1.0, bootstrap=None, policy_noise=None,
+                                     dynamics_noise=None)
+
+See README.md and shared theory notes for the estimator family.
+"""
+from mbpo_grad.rollout import Trajectory, transition_reward, unroll
+from mbpo_grad.objectives import (
+    actor_q_objective,
+    batched_unroll,
+    bpo,
+    discounted_sum,
+    dpmb,
+    nstep,
+    pathwise_objective,
+    pathwise_returns,
+    trajectory_return,
+)
+from mbpo_grad import returns
+from mbpo_grad import nn
+from mbpo_grad import policies
+
+__all__ = [
+    "Trajectory", "transition_reward", "unroll",
+    "actor_q_objective", "batched_unroll", "bpo", "discounted_sum", "dpmb", "nstep",
+    "pathwise_objective", "pathwise_returns", "trajectory_return",
+    "returns", "nn", "policies",
+]
+__version__ = "0.1.0"

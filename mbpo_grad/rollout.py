@@ -1,0 +1,169 @@
+"""One trajectory through a differentiable system: a single ``lax.scan``.
+
+A trajectory with fixed noise is a deterministic function of the policy
+parameters ``w`` (theory §1):
+
+    a_t     = π(s_t, ε_t; w)                 t = 0..n
+    s_{t+1} = f(s_t, a_t, ξ_t)               t = 0..n-1
+    r_t     = r(s_t, a_t)                    t = 0..n-1
+
+``unroll`` computes it for ONE start state; callers batch with ``jax.vmap``
+(``objectives.pathwise_objective`` does). Reverse-mode autodiff of anything
+computed from the returned ``Trajectory`` is the pathwise gradient, i.e. the
+recursion dw s_{t+1} = ∂a f · dw a_t + ∂s f · dw s_t, dw s_0 = 0.
+
+Episode termination: with ``done(state) -> bool``, ``alive_t`` is 1 until the
+first state for which ``done`` holds and 0 from the step after it on. A state
+reached after termination is passed through ``lax.stop_gradient``, so nothing
+that happens past the end of an episode (a simulator that keeps integrating, or
+returns garbage) feeds the gradient.
+
+This module imports no environment, agent or experiment.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+PyTree = Any
+
+
+class Trajectory(NamedTuple):
+    """What ``unroll`` returns for one start state (add a leading batch axis under vmap).
+
+    states:  s_0..s_n, leading axis n+1 (a pytree like the start state).
+    actions: a_0..a_n, leading axis n+1 (a_n is the action fed to a bootstrap critic).
+    rewards: r_0..r_{n-1}, shape [n]; already zeroed after termination.
+    alive:   [n+1] float, 1.0 while the episode runs (alive_0 = 1 unless done(s_0)).
+    """
+
+    states: PyTree
+    actions: jax.Array
+    rewards: jax.Array
+    alive: jax.Array
+
+
+class TransitionReward:
+    """Marks a reward read off the transition: ``fn(state, action, next_state)``.
+
+    Simulators such as Brax compute the reward inside ``step``; wrapping
+    ``lambda s, a, s_next: s_next.reward`` in ``transition_reward`` lets the
+    engine read it without stepping twice.
+    """
+
+    uses_next_state = True
+
+    def __init__(self, fn: Callable[[PyTree, jax.Array, PyTree], jax.Array]):
+        self.fn = fn
+
+    def __call__(self, state, action, next_state):
+        return self.fn(state, action, next_state)
+
+    def __repr__(self) -> str:  # pragma: no cover - cosmetic
+        return f"transition_reward({self.fn!r})"
+
+
+def transition_reward(fn: Callable[[PyTree, jax.Array, PyTree], jax.Array]) -> TransitionReward:
+    """Wrap ``fn(state, action, next_state) -> r`` for use as the engine's ``reward``."""
+    return TransitionReward(fn)
+
+
+def _call_reward(reward, state, action, next_state):
+    if getattr(reward, "uses_next_state", False):
+        return reward(state, action, next_state)
+    return reward(state, action)
+
+
+def _select(pred, on_true: PyTree, on_false: PyTree) -> PyTree:
+    return jax.tree_util.tree_map(lambda x, y: jnp.where(pred, x, y), on_true, on_false)
+
+
+def _remat_body(body, remat):
+    if remat is False or remat is None:
+        return body
+    if remat is True:
+        return jax.checkpoint(body)
+    if callable(remat):  # a jax.checkpoint_policies entry
+        return jax.checkpoint(body, policy=remat)
+    raise ValueError(f"remat: expected False, True or a jax.checkpoint policy, got {remat!r}")
+
+
+def unroll(
+    policy: Callable[[PyTree, PyTree, Any], jax.Array],
+    params: PyTree,
+    step: Callable[[PyTree, jax.Array, Any], PyTree],
+    reward: Callable[..., jax.Array],
+    state: PyTree,
+    *,
+    horizon: int,
+    policy_noise: Optional[PyTree] = None,
+    dynamics_noise: Optional[PyTree] = None,
+    done: Optional[Callable[[PyTree], jax.Array]] = None,
+    remat: Any = False,
+) -> Trajectory:
+    """Roll one trajectory of ``horizon`` steps from ``state`` (no batch axis).
+
+    Args:
+      policy: ``policy(params, state, eps) -> action``.
+      params: the policy parameters (any pytree); gradients flow to them.
+      step: ``step(state, action, xi) -> next_state``.
+      reward: ``reward(state, action) -> scalar`` or a ``transition_reward``.
+      state: the start state s_0 (any pytree, no batch axis).
+      horizon: n >= 0, a Python int (static: changing it recompiles).
+      policy_noise: ε_0..ε_n with leading axis n+1, or None (the policy gets None).
+      dynamics_noise: ξ_0..ξ_{n-1} with leading axis n, or None (step gets None).
+      done: optional ``done(state) -> bool`` ending the episode.
+      remat: False, True (``jax.checkpoint`` each step: memory O(n · |state|)
+        instead of O(n · |step intermediates|)) or a ``jax.checkpoint_policies`` policy.
+    """
+    alive0 = jnp.asarray(1.0)
+    if done is not None:
+        alive0 = 1.0 - jnp.asarray(done(state), dtype=jnp.float32)
+
+    eps_seq = policy_noise
+    eps_last = None
+    eps_scan = None
+    if eps_seq is not None:
+        eps_scan = jax.tree_util.tree_map(lambda e: e[:horizon], eps_seq)
+        eps_last = jax.tree_util.tree_map(lambda e: e[horizon], eps_seq)
+
+    def body(carry, noise):
+        s, alive = carry
+        eps, xi = noise
+        a = policy(params, s, eps)
+        s_next = step(s, a, xi)
+        r = _call_reward(reward, s, a, s_next)
+        r = jnp.where(alive > 0, r, jnp.zeros_like(r))
+        if done is not None:
+            alive_next = alive * (1.0 - jnp.asarray(done(s_next), dtype=alive.dtype))
+            # Past the end of the episode: keep the values, cut the gradient path.
+            s_next = _select(alive > 0, s_next, lax.stop_gradient(s_next))
+        else:
+            alive_next = alive
+        return (s_next, alive_next), (s, a, r, alive)
+
+    body = _remat_body(body, remat)
+    if horizon > 0:
+        (s_n, alive_n), (states, actions, rewards, alives) = lax.scan(
+            body, (state, alive0), (eps_scan, dynamics_noise), length=horizon
+        )
+    else:
+        s_n, alive_n = state, alive0
+        states = actions = rewards = alives = None
+
+    a_n = policy(params, s_n, eps_last)
+
+    def append(seq, last):
+        if seq is None:
+            return jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], last)
+        return jax.tree_util.tree_map(lambda xs, x: jnp.concatenate([xs, jnp.asarray(x)[None]], 0), seq, last)
+
+    all_states = append(states, s_n)
+    all_actions = append(actions, a_n)
+    all_alive = append(alives, alive_n)
+    if rewards is None:
+        rewards = jnp.zeros((0,), dtype=jnp.result_type(float))
+    return Trajectory(all_states, all_actions, rewards, all_alive)
