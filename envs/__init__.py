@@ -1,14 +1,14 @@
 """Differentiable environments in the engine's form (see ``envs.base.Env``).
 
 ``envs.make(name, **kw)`` builds one by name: ``lqr``, ``pendulum``, ``cartpole``,
-``brax:<env>`` (e.g. ``brax:inverted_pendulum``, backend via ``backend=``) and
+``switching_cart``, ``brax:<env>`` (e.g. ``brax:inverted_pendulum``, backend via ``backend=``) and
 ``mjx:<path or builtin>``. Brax and MJX are imported only when asked for.
 """
 from __future__ import annotations
 
 from envs.base import Env
 
-ANALYTIC = ("lqr", "pendulum", "cartpole")
+ANALYTIC = ("lqr", "pendulum", "cartpole", "switching_cart")
 
 
 def make(name: str, **kwargs) -> Env:
@@ -21,6 +21,9 @@ def make(name: str, **kwargs) -> Env:
     if name == "lqr":
         from envs import lqr
         return lqr.make(**kwargs)
+    if name == "switching_cart":
+        from envs import switching_cart
+        return switching_cart.make(**kwargs)
     if name.startswith("brax:"):
         from envs import brax_adapter
         return brax_adapter.make(name.split(":", 1)[1], **kwargs)

@@ -23,13 +23,13 @@ from mbpo_grad.objectives import (
 from mbpo_grad import returns
 from mbpo_grad import nn
 from mbpo_grad import policies
-from mbpo_grad import checkpoint, guards
+from mbpo_grad import checkpoint, guards, score_function, tabular, linear_gaussian
 from mbpo_grad.sweeps import sweep
 
 __all__ = [
     "Trajectory", "transition_reward", "unroll",
     "actor_q_objective", "batched_unroll", "bpo", "discounted_sum", "dpmb", "nstep",
     "pathwise_objective", "pathwise_returns", "trajectory_return",
-    "returns", "nn", "policies", "checkpoint", "guards", "sweep",
+    "returns", "nn", "policies", "checkpoint", "guards", "sweep", "score_function", "tabular", "linear_gaussian",
 ]
 __version__ = "0.1.0"

@@ -12,14 +12,22 @@ import jax.numpy as jnp
 from jax import lax
 
 
+def _common_dtype(*arrays):
+    """Cast to one floating dtype so the scan carry keeps its type (float32 rewards, float64 values)."""
+    dtype = jnp.result_type(*arrays, jnp.float32)
+    return tuple(jnp.asarray(a, dtype) for a in arrays)
+
+
 def reward_to_go(rewards: jax.Array, discounts: jax.Array) -> jax.Array:
     """G_t = r_t + discounts_t · G_{t+1}, G_T = 0. Shapes [T] -> [T]."""
+    rewards, discounts = _common_dtype(rewards, discounts)
+
     def body(g, x):
         r, d = x
         g = r + d * g
         return g, g
 
-    _, out = lax.scan(body, jnp.zeros_like(rewards[0]), (rewards, discounts), reverse=True)
+    _, out = lax.scan(body, jnp.zeros(rewards.shape[1:], rewards.dtype), (rewards, discounts), reverse=True)
     return out
 
 
@@ -30,6 +38,7 @@ def td_lambda(rewards: jax.Array, values: jax.Array, discounts: jax.Array, lam) 
     discounts [T]; λ may be traced. λ = 0 gives one-step TD targets, λ = 1 the
     n-step Monte-Carlo return bootstrapped at the window's end.
     """
+    rewards, values, discounts = _common_dtype(rewards, values, discounts)
     lam = jnp.asarray(lam, dtype=rewards.dtype)
 
     def body(g_next, x):
@@ -43,6 +52,7 @@ def td_lambda(rewards: jax.Array, values: jax.Array, discounts: jax.Array, lam) 
 
 def gae(rewards: jax.Array, values: jax.Array, discounts: jax.Array, lam) -> jax.Array:
     """Generalised advantage estimates A_t = Σ_l (γλ)^l δ_{t+l}, δ_t = r_t + d_t v_{t+1} − v_t."""
+    rewards, values, discounts = _common_dtype(rewards, values, discounts)
     lam = jnp.asarray(lam, dtype=rewards.dtype)
     deltas = rewards + discounts * values[1:] - values[:-1]
 
@@ -51,5 +61,5 @@ def gae(rewards: jax.Array, values: jax.Array, discounts: jax.Array, lam) -> jax
         a = delta + d * lam * a_next
         return a, a
 
-    _, out = lax.scan(body, jnp.zeros_like(rewards[0]), (deltas, discounts), reverse=True)
+    _, out = lax.scan(body, jnp.zeros(deltas.shape[1:], deltas.dtype), (deltas, discounts), reverse=True)
     return out

@@ -12,11 +12,13 @@ parameters ``w`` (theory §1):
 computed from the returned ``Trajectory`` is the pathwise gradient, i.e. the
 recursion dw s_{t+1} = ∂a f · dw a_t + ∂s f · dw s_t, dw s_0 = 0.
 
-Episode termination: with ``done(state) -> bool``, ``alive_t`` is 1 until the
-first state for which ``done`` holds and 0 from the step after it on. A state
-reached after termination is passed through ``lax.stop_gradient``, so nothing
-that happens past the end of an episode (a simulator that keeps integrating, or
-returns garbage) feeds the gradient.
+Episode termination: with ``done(state) -> bool``, ``alive_t`` is 1 for the
+states before the first state s_T for which ``done`` holds and 0 from s_T on:
+r_{T-1} (the transition into s_T) counts, r_T, r_{T+1}, … are zeroed and no
+bootstrap is taken at or after s_T. From s_T on the state is frozen: the carry
+is ``lax.stop_gradient(s_T)`` repeated, so nothing past the end of an episode (a
+simulator that keeps integrating, returns garbage or even NaN) feeds the values
+or the gradient; the recorded states after s_T repeat s_T.
 
 This module imports no environment, agent or experiment.
 """
@@ -139,8 +141,8 @@ def unroll(
         r = jnp.where(alive > 0, r, jnp.zeros_like(r))
         if done is not None:
             alive_next = alive * (1.0 - jnp.asarray(done(s_next), dtype=alive.dtype))
-            # Past the end of the episode: keep the values, cut the gradient path.
-            s_next = _select(alive > 0, s_next, lax.stop_gradient(s_next))
+            # Past the end of the episode: freeze the state and cut the gradient path.
+            s_next = _select(alive > 0, s_next, lax.stop_gradient(s))
         else:
             alive_next = alive
         return (s_next, alive_next), (s, a, r, alive)

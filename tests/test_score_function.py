@@ -1,0 +1,229 @@
+"""Score-function surrogates and the DPMB-SF hybrid against hand formulas and exact expectations."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mbpo_grad as mg
+from envs import switching_cart as sc
+from mbpo_grad import score_function as sf
+
+
+@pytest.fixture(scope="module")
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+# ---------------------------------------------------------------------------- surrogates vs hand formulas
+
+def _rtg_reference(rewards, discounts):
+    G = np.zeros(len(rewards))
+    acc = 0.0
+    for t in reversed(range(len(rewards))):
+        acc = rewards[t] + discounts[t] * acc
+        G[t] = acc
+    return G
+
+
+def test_reinforce_surrogate_gradient_matches_formula(x64):
+    rng = np.random.default_rng(0)
+    T, P = 7, 3
+    feats = rng.normal(size=(T, P))
+    rewards = rng.normal(size=T)
+    discounts = np.full(T, 0.9)
+    discounts[4] = 0.0  # a terminal at t = 5: later steps carry weight 0
+    baseline = rng.normal(size=T)
+    w = np.concatenate([[1.0], np.cumprod(discounts[:-1])])
+    G = _rtg_reference(rewards, discounts)
+
+    def lp(theta):
+        return jnp.asarray(feats) @ theta  # d log π_t / dθ = feats[t]
+
+    theta = jnp.asarray(rng.normal(size=P))
+    for base, weighted in ((None, True), (baseline, True), (baseline, False)):
+        grad = jax.grad(lambda th: sf.reinforce_surrogate(lp(th), jnp.asarray(rewards), jnp.asarray(discounts),
+                                                          None if base is None else jnp.asarray(base),
+                                                          weight_by_discount=weighted))(theta)
+        adv = G - (0.0 if base is None else base)
+        ww = w if weighted else np.ones(T)
+        np.testing.assert_allclose(grad, (ww * adv) @ feats, rtol=1e-12)
+    np.testing.assert_allclose(sf.discount_weights(jnp.asarray(discounts)), w, rtol=1e-12)
+    assert float(sf.discount_weights(jnp.asarray(discounts))[6]) == 0.0
+
+
+def test_gae_surrogate_lambda_one_is_reinforce_with_baseline(x64):
+    rng = np.random.default_rng(1)
+    T = 6
+    rewards, values = jnp.asarray(rng.normal(size=T)), jnp.asarray(rng.normal(size=T + 1))
+    discounts = jnp.full(T, 0.8)
+    values = values.at[-1].set(0.0)  # no bootstrap: GAE(λ=1) = G_t − v_t exactly
+    lp = lambda th: th * jnp.arange(1.0, T + 1.0)  # noqa: E731
+    g1 = jax.grad(lambda th: sf.gae_surrogate(lp(th), rewards, values, discounts, 1.0))(0.3)
+    g2 = jax.grad(lambda th: sf.reinforce_surrogate(lp(th), rewards, discounts, values[:-1]))(0.3)
+    np.testing.assert_allclose(g1, g2, rtol=1e-12)
+
+
+def test_dpmb_sf_surrogate_value_and_gradient(x64):
+    """Value = the pathwise return (+ bootstrap); gradient = pathwise + Σ_t ∇log p_t · Σ_{k>t} w_k r_k."""
+    rng = np.random.default_rng(2)
+    T, P = 5, 2
+    A_r, A_l = rng.normal(size=(T, P)), rng.normal(size=(T, P))
+    gamma, b_coef = 0.9, rng.normal(size=P)
+    theta = jnp.asarray(rng.normal(size=P))
+    rewards = lambda th: jnp.sin(jnp.asarray(A_r) @ th)  # noqa: E731  (differentiable rewards)
+    logp = lambda th: -jnp.exp(jnp.asarray(A_l) @ th)  # noqa: E731
+    boot = lambda th: jnp.cos(jnp.asarray(b_coef) @ th)  # noqa: E731
+    disc = jnp.full(T, gamma)
+
+    L = lambda th: sf.dpmb_sf_surrogate(rewards(th), logp(th), disc, bootstrap=boot(th))  # noqa: E731
+    r = np.asarray(rewards(theta))
+    w = gamma ** np.arange(T + 1)
+    ret = float(np.sum(w[:T] * r) + w[T] * boot(theta))
+    np.testing.assert_allclose(L(theta), ret, rtol=1e-12)
+
+    # reference gradient, term by term
+    J_path = jax.grad(lambda th: jnp.sum(jnp.asarray(w[:T]) * rewards(th)) + w[T] * boot(th))(theta)
+    dlogp = np.asarray(jax.jacobian(logp)(theta))  # [T, P]
+    after = np.array([np.sum(w[t + 1:T] * r[t + 1:]) + w[T] * float(boot(theta)) for t in range(T)])
+    ref = np.asarray(J_path) + after @ dlogp
+    np.testing.assert_allclose(jax.grad(L)(theta), ref, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------- switching cart (hybrid system)
+
+T_CART, GAMMA_CART = 6, 0.95
+W_CART = np.array([-0.8, -0.5])
+S0_CART = np.array([1.0, 0.0])
+
+
+def cart_policy(w, s, eps):
+    return jnp.tanh(w @ s)[None]
+
+
+def _exact_J(w):
+    return sf.exact_hybrid_return(cart_policy, w, sc.step_mode, sc.reward, sc.mode_logits, jnp.asarray(S0_CART),
+                                  horizon=T_CART, num_modes=sc.NUM_MODES, gamma=GAMMA_CART)
+
+
+@jax.jit
+def _cart_grads(w, noise):
+    """Per-trajectory gradients [N, 2] of the hybrid and of the pure pathwise (modes held fixed) estimators."""
+    s0 = jnp.asarray(S0_CART)[None]
+
+    def est(w, g, score):
+        return sf.dpmb_sf_objective(cart_policy, w, sc.step_mode, sc.reward, sc.mode_logits, s0, horizon=T_CART,
+                                    mode_noise=g[:, None], gamma=GAMMA_CART, score_function=score)
+
+    hybrid = jax.vmap(jax.grad(lambda w, g: est(w, g, True)), in_axes=(None, 0))(w, noise)
+    pathwise = jax.vmap(jax.grad(lambda w, g: est(w, g, False)), in_axes=(None, 0))(w, noise)
+    return hybrid, pathwise
+
+
+@pytest.fixture(scope="module")
+def cart(x64):
+    w = jnp.asarray(W_CART)
+    J, g_exact = jax.jit(jax.value_and_grad(_exact_J))(w)
+    noise = jax.random.gumbel(jax.random.PRNGKey(0), (32_000, T_CART, sc.NUM_MODES), jnp.float64)
+    hybrid, pathwise = _cart_grads(w, noise)
+    return w, float(J), np.asarray(g_exact), noise, np.asarray(hybrid), np.asarray(pathwise)
+
+
+def _stats(g, target):
+    mean, se = g.mean(0), g.std(0, ddof=1) / np.sqrt(g.shape[0])
+    return float(np.max(np.abs(mean - target) / se)), float(np.linalg.norm(mean - target)), se
+
+
+def _error_shrinks(g, target, n_small):
+    """The error of the full-sample mean is below the RMS error of the means of disjoint n_small subsets
+    (expected ratio sqrt(n_small / N); a robust check that the Monte-Carlo error shrinks with N)."""
+    g = np.asarray(g)
+    k = g.shape[0] // n_small
+    sub = g[: k * n_small].reshape(k, n_small, -1).mean(1)
+    rms_small = float(np.sqrt(np.mean(np.sum((sub - np.reshape(target, -1)) ** 2, -1))))
+    err_large = float(np.linalg.norm(g.reshape(g.shape[0], -1).mean(0) - np.reshape(target, -1)))
+    return err_large < rms_small, (err_large, rms_small)
+
+
+def test_exact_hybrid_return_matches_finite_differences(cart):
+    w, J, g_exact, *_ = cart
+    h = 1e-5
+    J_fn = jax.jit(_exact_J)
+    fd = np.array([(float(J_fn(w + h * e)) - float(J_fn(w - h * e))) / (2 * h) for e in np.eye(2)])
+    np.testing.assert_allclose(g_exact, fd, rtol=1e-7, atol=1e-9)
+    assert np.linalg.norm(g_exact) > 0.1
+    # the enumeration's probabilities sum to 1 and its value is a plausible cost
+    assert -10.0 < J < 0.0
+
+
+def test_hybrid_gradient_unbiased_and_pure_pathwise_biased(cart):
+    """DPMB-SF agrees with the exact gradient within Monte-Carlo error at 2k and 32k trajectories; the error
+    shrinks. Holding the modes fixed (pure pathwise) is biased by many standard errors."""
+    _, _, g_exact, _, hybrid, pathwise = cart
+    z_small, err_small, se_small = _stats(hybrid[:2000], g_exact)
+    z_large, err_large, se_large = _stats(hybrid, g_exact)
+    assert z_small < 4.5 and z_large < 4.5, (z_small, z_large)
+    assert np.all(se_large < 0.3 * se_small)
+    ok, info = _error_shrinks(hybrid, g_exact, 2000)
+    assert ok, info
+    z_path, err_path, _ = _stats(pathwise, g_exact)
+    assert z_path > 50.0
+    assert err_path > 0.2 * np.linalg.norm(g_exact)  # a large, not a marginal, bias
+
+
+def test_pure_pathwise_equals_engine_with_gumbel_dynamics_noise(cart):
+    """score_function=False is exactly the engine's pathwise gradient through the env's Gumbel-max step."""
+    w, _, _, noise, _, pathwise = cart
+    B = 64
+    xi = jnp.swapaxes(noise[:B], 0, 1)  # [T, B, K]
+    s0 = jnp.tile(jnp.asarray(S0_CART), (B, 1))
+    env = sc.make()
+    g_engine = jax.grad(lambda w: mg.pathwise_objective(cart_policy, w, env.step, env.reward, s0, horizon=T_CART,
+                                                        gamma=GAMMA_CART, dynamics_noise=xi))(w)
+    np.testing.assert_allclose(g_engine, pathwise[:B].mean(0), rtol=1e-10, atol=1e-12)
+
+
+def test_hybrid_unroll_modes_follow_probabilities(x64):
+    """Gumbel-max draws: the sticking frequency at the start state matches p(z=1 | s0, a0)."""
+    w = jnp.asarray(W_CART)
+    s0 = jnp.asarray(S0_CART)
+    noise = jax.random.gumbel(jax.random.PRNGKey(3), (20_000, 1, 2), jnp.float64)
+    tr = jax.vmap(lambda g: sf.hybrid_unroll(cart_policy, w, sc.step_mode, sc.reward, sc.mode_logits, s0,
+                                             horizon=1, mode_noise=g))(noise)
+    p1 = float(jax.nn.softmax(sc.mode_logits(s0, cart_policy(w, s0, None)))[1])
+    freq = float(np.mean(np.asarray(tr.modes[:, 0])))
+    assert abs(freq - p1) < 4.0 * np.sqrt(p1 * (1 - p1) / 20_000)
+    np.testing.assert_allclose(np.exp(np.asarray(tr.log_probs[:, 0])),
+                               np.where(np.asarray(tr.modes[:, 0]) == 1, p1, 1 - p1), rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------- bad input
+
+def test_bad_inputs():
+    r = jnp.zeros(5)
+    with pytest.raises(ValueError, match="log_probs"):
+        sf.reinforce_surrogate(jnp.zeros(4), r, r)
+    with pytest.raises(ValueError, match="rewards"):
+        sf.reinforce_surrogate(jnp.zeros((2, 5)), jnp.zeros((2, 5)), jnp.zeros((2, 5)))
+    with pytest.raises(ValueError, match="baseline"):
+        sf.reinforce_surrogate(r, r, r, jnp.zeros(6))
+    with pytest.raises(ValueError, match="values"):
+        sf.gae_surrogate(r, r, jnp.zeros(5), r, 0.9)
+    with pytest.raises(ValueError, match="lam"):
+        sf.gae_surrogate(r, r, jnp.zeros(6), r, 1.2)
+    with pytest.raises(ValueError, match="transition_log_probs"):
+        sf.dpmb_sf_surrogate(r, jnp.zeros(3), r)
+    with pytest.raises(ValueError, match="targets"):
+        sf.baseline_loss(jnp.zeros(3), jnp.zeros(4))
+    s0 = jnp.zeros(2)
+    with pytest.raises(ValueError, match="mode_noise / modes"):
+        sf.hybrid_unroll(cart_policy, jnp.zeros(2), sc.step_mode, sc.reward, sc.mode_logits, s0, horizon=3)
+    with pytest.raises(ValueError, match="mode_noise"):
+        sf.hybrid_unroll(cart_policy, jnp.zeros(2), sc.step_mode, sc.reward, sc.mode_logits, s0, horizon=3,
+                         mode_noise=jnp.zeros((4, 2)))
+    with pytest.raises(TypeError, match="mode_logits"):
+        sf.hybrid_unroll(cart_policy, jnp.zeros(2), sc.step_mode, sc.reward, None, s0, horizon=3,
+                         modes=jnp.zeros(3, jnp.int32))
+    with pytest.raises(ValueError, match="max_sequences"):
+        sf.exact_hybrid_return(cart_policy, jnp.zeros(2), sc.step_mode, sc.reward, sc.mode_logits, s0,
+                               horizon=20, num_modes=2)
