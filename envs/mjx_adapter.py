@@ -1,0 +1,219 @@
+"""A MuJoCo XML model stepped with ``mujoco.mjx``, in the engine's form (``envs.base.Env``).
+
+    env = envs.make("mjx:inverted_pendulum", x64=True)       # builtin cart-pole
+    env = envs.make("mjx:/path/to/model.xml", reward=my_reward)
+
+The state is an ``mjx.Data``. Per state:
+
+    reset(key)       qpos = qpos0 + U(−c, c), qvel = U(−c, c), c = ``reset_noise_scale``
+    step(d, a, xi)   ctrl = lo + (a + 1)/2 · (hi − lo) for control-limited actuators
+                     (a itself for unlimited ones), then ``frame_skip`` × ``mjx.step``
+                     in a ``lax.scan`` (xi ignored: MuJoCo is deterministic)
+    observe(d)       concat(qpos, qvel)
+    reward           user-supplied; the builtin ``inverted_pendulum`` defaults to the
+                     smooth upright reward  r = cos θ_{t+1} − 0.01 ‖a_t‖²
+                     (θ the hinge angle, 0 upright), read off the transition
+    done             None unless supplied (the builtin has no termination)
+
+Reverse mode: MuJoCo's constraint solver iterates in a ``lax.while_loop``, which
+``jax.grad`` cannot differentiate. With ``solver_iterations=1`` (the default)
+MJX runs exactly one solver iteration without the loop, and the line search is
+a fixed-length scan, so the whole step differentiates. Pass ``None`` to keep
+the XML's value (forward simulation only). One iteration is an approximate
+constraint solve: accurate enough for smooth systems and for joint limits that
+are rarely active, less so for many simultaneous contacts.
+
+Precision: ``x64=True`` builds the model and data in float64 (``mjx.put_model``
+and ``mjx.make_data`` follow JAX's default float, so ``jax_enable_x64`` must be
+on, globally or inside ``with jax.enable_x64(True):`` around both ``make`` and
+the computation). ``x64=False`` casts everything to float32. Gradients through
+contacts and constraints are frequently non-finite in float32 (on the builtin
+cart-pole the 32-step gradient was observed NaN in float32 and finite in
+float64; mbpo_grad's reliability layer masks such environments out of the
+batch), so float64 is recommended for MJX gradients.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from envs.base import Env
+from envs.brax_adapter import cast_floats, require_x64
+from mbpo_grad.rollout import transition_reward
+
+ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+BUILTINS = {"inverted_pendulum": os.path.join(ASSETS, "inverted_pendulum.xml")}
+
+
+def _upright_reward(control_cost: float = 0.01):
+    """r(s, a, s') = cos θ' − c ‖a‖², θ' = qpos[1] the hinge angle of the builtin cart-pole."""
+
+    def fn(state, action, next_state):
+        return jnp.cos(next_state.qpos[1]) - control_cost * jnp.sum(jnp.square(action))
+
+    return transition_reward(fn)
+
+
+def _resolve_model(model: Any) -> tuple:
+    """(name, xml path) for a builtin name or an existing XML file."""
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model must be a builtin name or a path to a MuJoCo XML file, got {type(model).__name__}")
+    model = os.fspath(model)
+    if model in BUILTINS:
+        return model, BUILTINS[model]
+    if os.path.isfile(model):
+        return os.path.splitext(os.path.basename(model))[0], model
+    raise ValueError(
+        f"model: {model!r} is neither a builtin MJX model ({sorted(BUILTINS)}) nor an existing MuJoCo XML file"
+    )
+
+
+def _check_int(value: Any, name: str, minimum: int, allow_none: bool = False) -> Optional[int]:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        extra = " or None" if allow_none else ""
+        raise ValueError(f"{name} must be an int >= {minimum}{extra}, got {value!r}")
+    return int(value)
+
+
+def make(
+    model: str = "inverted_pendulum",
+    episode_length: int = 1000,
+    reward: Optional[Callable[..., Any]] = None,
+    observe: Optional[Callable[[Any], Any]] = None,
+    done: Optional[Callable[[Any], Any]] = None,
+    x64: bool = False,
+    solver_iterations: Optional[int] = 1,
+    ls_iterations: Optional[int] = None,
+    frame_skip: int = 2,
+    reset_noise_scale: float = 0.01,
+) -> Env:
+    """Build an ``Env`` from a MuJoCo XML model stepped with MJX.
+
+    Args:
+      model: a builtin name (``inverted_pendulum``) or a path to a MuJoCo XML file.
+      episode_length: the time limit.
+      reward: ``reward(data, action)`` or ``mg.transition_reward(fn(data, action, next_data))``;
+        required for a custom XML (the builtin has the smooth upright reward).
+      observe: ``observe(data) -> vector``; default concat(qpos, qvel).
+      done: optional ``done(data) -> bool`` (episode termination).
+      x64: float64 model and data (requires ``jax_enable_x64``); else float32.
+      solver_iterations: constraint-solver iterations; 1 (default) is needed for
+        reverse-mode gradients; None keeps the XML's value.
+      ls_iterations: line-search iterations; None keeps the XML's value.
+      frame_skip: ``mjx.step`` calls per environment step (dt = frame_skip · timestep).
+      reset_noise_scale: half-width c of the uniform start noise on qpos and qvel.
+
+    Returns:
+      an ``envs.base.Env`` on ``mjx.Data`` states; ``info`` holds ``mj_model``,
+      ``mjx_model``, ``dtype``, ``dt``, ``ctrl_low`` and ``ctrl_high``.
+
+    Raises:
+      ValueError naming the argument for an unknown model or missing file, a bad
+      integer setting, a custom model without ``reward``, or ``x64=True`` without
+      ``jax_enable_x64``; TypeError for non-callable ``reward``/``observe``/``done``.
+    """
+    import mujoco
+    from mujoco import mjx
+
+    name, path = _resolve_model(model)
+    episode_length = _check_int(episode_length, "episode_length", 1)
+    solver_iterations = _check_int(solver_iterations, "solver_iterations", 1, allow_none=True)
+    ls_iterations = _check_int(ls_iterations, "ls_iterations", 1, allow_none=True)
+    frame_skip = _check_int(frame_skip, "frame_skip", 1)
+    if not np.isscalar(reset_noise_scale) or not np.isfinite(reset_noise_scale) or reset_noise_scale < 0:
+        raise ValueError(f"reset_noise_scale must be a finite float >= 0, got {reset_noise_scale!r}")
+    for arg, argname in ((reward, "reward"), (observe, "observe"), (done, "done")):
+        if arg is not None and not callable(arg):
+            raise TypeError(f"{argname} must be callable or None, got {arg!r}")
+    if reward is None:
+        if name != "inverted_pendulum" or path != BUILTINS["inverted_pendulum"]:
+            raise ValueError(
+                f"reward: a custom MJX model ({path}) needs a reward, e.g. "
+                "mg.transition_reward(lambda d, a, d_next: ...) on mjx.Data"
+            )
+        reward = _upright_reward()
+    if x64:
+        require_x64("x64")
+    dtype = jnp.dtype("float64" if x64 else "float32")
+
+    try:
+        mj_model = mujoco.MjModel.from_xml_path(path)
+    except ValueError as err:  # MuJoCo's XML parse / compile errors
+        raise ValueError(f"model: could not load MuJoCo XML {path!r}: {err}") from err
+    if solver_iterations is not None:
+        mj_model.opt.iterations = solver_iterations
+    if ls_iterations is not None:
+        mj_model.opt.ls_iterations = ls_iterations
+    mjx_model = cast_floats(mjx.put_model(mj_model), dtype)
+    data0 = cast_floats(mjx.make_data(mjx_model), dtype)
+
+    limited = np.asarray(mj_model.actuator_ctrllimited, dtype=bool)
+    ctrl_range = np.asarray(mj_model.actuator_ctrlrange, dtype=np.float64).reshape(-1, 2)
+    low = np.where(limited, ctrl_range[:, 0], -1.0)
+    high = np.where(limited, ctrl_range[:, 1], 1.0)  # unlimited: ctrl = a
+    nq, nv, nu = mj_model.nq, mj_model.nv, mj_model.nu
+    if nu == 0:
+        raise ValueError(f"model: {path!r} has no actuators; nothing for a policy to control")
+    qpos0 = np.asarray(mj_model.qpos0)
+    noise = float(reset_noise_scale)
+
+    def reset(key):
+        k1, k2 = jax.random.split(key)
+        qpos = jnp.asarray(qpos0, dtype) + jax.random.uniform(k1, (nq,), dtype, -noise, noise)
+        qvel = jax.random.uniform(k2, (nv,), dtype, -noise, noise)
+        return data0.replace(qpos=qpos, qvel=qvel)
+
+    def step(data, action, xi=None):
+        del xi  # MuJoCo is deterministic
+        action = jnp.reshape(jnp.asarray(action, dtype=dtype), (nu,))
+        lo, hi = jnp.asarray(low, dtype), jnp.asarray(high, dtype)
+        ctrl = lo + 0.5 * (action + 1.0) * (hi - lo)
+        data = data.replace(ctrl=ctrl)
+
+        def substep(d, _):
+            # Cast keeps the scan carry's dtype fixed (NumPy float64 constants in
+            # the model may otherwise promote a float32 run under jax_enable_x64).
+            return cast_floats(mjx.step(mjx_model, d), dtype), None
+
+        data, _ = lax.scan(substep, data, None, length=frame_skip)
+        return data
+
+    if observe is None:
+        def observe(data):
+            return jnp.concatenate([data.qpos, data.qvel])
+
+    obs_shape = jax.eval_shape(lambda k: observe(reset(k)), jax.random.PRNGKey(0))
+    if len(obs_shape.shape) != 1:
+        raise ValueError(f"observe must return a vector, got shape {obs_shape.shape}")
+    info = {
+        "mj_model": mj_model,
+        "mjx_model": mjx_model,
+        "dtype": dtype,
+        "dt": float(mj_model.opt.timestep) * frame_skip,
+        "ctrl_low": low,
+        "ctrl_high": high,
+        "path": path,
+    }
+    return Env(
+        name=f"mjx:{name}",
+        obs_size=int(obs_shape.shape[0]),
+        action_size=int(nu),
+        episode_length=episode_length,
+        reset=reset,
+        step=step,
+        reward=reward,
+        observe=observe,
+        done=done,
+        noise_shape=(),
+        info=info,
+    )
+
+
+__all__ = ["make", "BUILTINS", "ASSETS"]
