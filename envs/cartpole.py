@@ -9,9 +9,20 @@ force F = 10·a for a ∈ [−1, 1], 4 semi-implicit Euler substeps per dt = 0.0
     θ̈ = (g sin θ − cos θ · temp) / (l (4/3 − m_p cos²θ / m_tot))
     ẍ = temp − m_p l θ̈ cos θ / m_tot
 
-Reward r = cos θ − 0.05 x² − 0.001 F² per step (≤ 1): hanging scores −1 a step,
-upright and centred +1. Over 200 steps a policy that swings up within ~2 s and
-balances scores above 100. Observation [x, ẋ, cos θ, sin θ, θ̇].
+Reward, per step (≤ 1), with θ_w = θ wrapped to [−π, π):
+
+    r = 1 − 2 (θ_w/π)² − 0.05 x² − 0.01 θ̇² − 0.001 F²
+
+Hanging still scores −1 a step, upright, still and centred +1. The wrapped-angle
+term (rather than cos θ) has a nonzero slope on either side of the hanging state
+(cos θ is flat there, so pathwise gradients from a still, hanging pole vanish);
+the term is continuous at the wrap, with a kink at θ_w = ±π. The θ̇² term makes
+spinning the pole through the top cost more than balancing it. The x² term is
+unbounded below if the cart runs away; in our SHAC runs it trained faster and more
+reliably than bounded (saturating) cart penalties, which stop pulling a far-away cart
+back. Over 200 steps a policy that swings up within ~2 s and balances scores above 100
+(trained ones reach about 160).
+Observation [x, ẋ, cos θ, sin θ, θ̇].
 """
 from __future__ import annotations
 
@@ -54,7 +65,9 @@ def make(episode_length: int = 200) -> Env:
 
     def reward(state, action):
         force = MAX_FORCE * jnp.reshape(action, ())
-        return jnp.cos(state[2]) - 0.05 * state[0] ** 2 - 0.001 * force**2
+        theta_w = jnp.mod(state[2] + jnp.pi, 2.0 * jnp.pi) - jnp.pi
+        return (1.0 - 2.0 * (theta_w / jnp.pi) ** 2 - 0.05 * state[0] ** 2 - 0.01 * state[3] ** 2
+                - 0.001 * force**2)
 
     def observe(state):
         return jnp.stack([state[0], state[1], jnp.cos(state[2]), jnp.sin(state[2]), state[3]])

@@ -1,0 +1,269 @@
+"""The training-loop skeleton every agent shares: collect → targets → critic step → actor step → log.
+
+An agent is an ``Agent`` bundle of three pure functions of (train_state, hparams, key):
+
+    init(key, hparams)               -> train_state
+    update(train_state, hparams, key) -> (train_state, metrics)   # one iteration, scalars in metrics
+    evaluate(train_state, hparams, key) -> scalar                  # mean undiscounted episode return
+
+``hparams`` is a NamedTuple of float arrays (learning rates, γ, λ, τ, …): traced, so a sweep can
+``vmap`` over them without recompiling. Everything static (shapes, horizon, network sizes)
+is closed over when the agent is built.
+
+Two drivers run an agent and give the same numbers:
+
+* ``make_train_fn(agent, iterations, eval_every)`` → a pure ``train_fn(key, hparams)`` (a
+  ``lax.scan`` over blocks of ``eval_every`` iterations with an evaluation after each
+  block): jit it, vmap it over seeds and hyper-parameters (``mg.sweep``).
+* ``run(agent, key, hparams, ...)`` → the same computation driven block by block from
+  Python, printing a progress line after each block.
+
+Helpers for agents on a differentiable env: ``TimedState`` (an env state plus its step count
+within the episode, so time limits are truncations the critic bootstraps over),
+``timed_env``, ``reset_timed`` and ``reset_where``; ``make_optimizer`` (global-norm clipping → Adam →
+scheduled learning rate, with traced rate and clip norm).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from mbpo_grad.rollout import TransitionReward, transition_reward
+
+PyTree = Any
+
+
+# --------------------------------------------------------------------------- agent bundle
+class Agent(NamedTuple):
+    init: Callable[[jax.Array, Any], PyTree]
+    update: Callable[[PyTree, Any, jax.Array], Tuple[PyTree, Dict[str, jax.Array]]]
+    evaluate: Callable[[PyTree, Any, jax.Array], jax.Array]
+    name: str = "agent"
+
+
+def _split_keys(key, iterations, eval_every):
+    k_init, k_iter, k_eval = jax.random.split(key, 3)
+    n_blocks = -(-iterations // eval_every)
+    return k_init, jax.random.split(k_iter, iterations), jax.random.split(k_eval, n_blocks)
+
+
+def _block_fn(agent: Agent):
+    def block(state, hparams, keys, eval_key):
+        def body(s, k):
+            return agent.update(s, hparams, k)
+
+        state, metrics = lax.scan(body, state, keys)
+        return state, metrics, agent.evaluate(state, hparams, eval_key)
+
+    return block
+
+
+def make_train_fn(agent: Agent, iterations: int, eval_every: int):
+    """A pure ``train_fn(key, hparams) -> (state, metrics, eval_returns)``.
+
+    metrics: dict of arrays with leading axis ``iterations``; eval_returns: [n_blocks], the
+    evaluation after iterations eval_every, 2·eval_every, …, iterations.
+    """
+    iterations, eval_every = _check_loop(iterations, eval_every)
+    block = _block_fn(agent)
+    n_full, rem = divmod(iterations, eval_every)
+
+    def train_fn(key, hparams):
+        k_init, k_iter, k_eval = _split_keys(key, iterations, eval_every)
+        state = agent.init(k_init, hparams)
+        metrics, evals = [], []
+        if n_full:
+            keys = k_iter[: n_full * eval_every].reshape((n_full, eval_every) + k_iter.shape[1:])
+
+            def outer(s, xs):
+                ks, ke = xs
+                s, m, e = block(s, hparams, ks, ke)
+                return s, (m, e)
+
+            state, (m, e) = lax.scan(outer, state, (keys, k_eval[:n_full]))
+            metrics.append(jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), m))
+            evals.append(e)
+        if rem:
+            state, m, e = block(state, hparams, k_iter[n_full * eval_every:], k_eval[n_full])
+            metrics.append(m)
+            evals.append(e[None])
+        metrics = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, 0), *metrics)
+        return state, metrics, jnp.concatenate(evals, 0)
+
+    return train_fn
+
+
+def _check_loop(iterations, eval_every):
+    for name, v in (("iterations", iterations), ("eval_every", eval_every)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    return int(iterations), int(min(eval_every, iterations))
+
+
+def run(
+    agent: Agent,
+    key: jax.Array,
+    hparams: Any,
+    *,
+    iterations: int,
+    eval_every: int,
+    progress: bool = True,
+    describe: Optional[Callable[[int, Dict[str, float], float], str]] = None,
+    stream=None,
+):
+    """Run ``agent`` block by block (the computation of ``make_train_fn``), printing progress.
+
+    Returns (state, metrics: dict of NumPy arrays [iterations], evals: dict with
+    ``iteration`` and ``eval_return`` arrays [n_blocks], plus ``wall_s``).
+    """
+    iterations, eval_every = _check_loop(iterations, eval_every)
+    stream = stream or sys.stdout
+    k_init, k_iter, k_eval = _split_keys(key, iterations, eval_every)
+    block = jax.jit(_block_fn(agent))
+    t0 = time.perf_counter()
+    state = jax.jit(agent.init)(k_init, hparams)
+    chunks, eval_returns, eval_its = [], [], []
+    done = 0
+    for b in range(len(k_eval)):
+        ks = k_iter[done: done + eval_every]
+        state, m, e = block(state, hparams, ks, k_eval[b])
+        done += ks.shape[0]
+        m = jax.device_get(m)
+        chunks.append(m)
+        eval_returns.append(float(e))
+        eval_its.append(done)
+        if progress:
+            last = {k: float(np.asarray(v)[-1]) for k, v in m.items()}
+            line = describe(done, last, float(e)) if describe else _default_line(done, iterations, last, float(e))
+            print(f"{line}  [{time.perf_counter() - t0:6.1f}s]", file=stream, flush=True)
+    metrics = {k: np.concatenate([np.asarray(c[k]) for c in chunks], 0) for k in chunks[0]}
+    evals = {"iteration": np.asarray(eval_its), "eval_return": np.asarray(eval_returns),
+             "wall_s": time.perf_counter() - t0}
+    return state, metrics, evals
+
+
+def _default_line(it, iterations, last, eval_return):
+    parts = [f"it {it:5d}/{iterations}"]
+    for k in ("env_steps", "episode_return", "actor_loss", "critic_loss", "grad_norm"):
+        if k in last:
+            v = last[k]
+            parts.append(f"{k} {int(v):9d}" if k == "env_steps" else f"{k} {v:9.3f}")
+    parts.append(f"eval_return {eval_return:9.2f}")
+    return "  ".join(parts)
+
+
+# --------------------------------------------------------------------------- optimiser
+def lr_multiplier(schedule: str, count, total_steps: int):
+    """Learning-rate factor at optimiser step ``count`` of ``total_steps``: 'constant' 1,
+    'linear' 1 − count/total (SHAC's schedule), 'cosine' ½(1 + cos(π count/total))."""
+    frac = jnp.clip(jnp.asarray(count, jnp.float32) / max(total_steps, 1), 0.0, 1.0)
+    if schedule == "constant":
+        return jnp.ones_like(frac)
+    if schedule == "linear":
+        return 1.0 - frac
+    if schedule == "cosine":
+        return 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+    raise ValueError(f"lr_schedule must be 'constant', 'linear' or 'cosine', got {schedule!r}")
+
+
+def make_optimizer(lr, max_grad_norm, *, total_steps: int, schedule: str = "linear",
+                   b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
+    """clip_by_global_norm(max_grad_norm) → Adam(b1, b2) → −lr · schedule(step).
+
+    ``lr`` and ``max_grad_norm`` may be traced arrays; the optimiser state's structure does
+    not depend on them, so build it inside the jitted update from the current hparams and
+    ``init`` it once with any values. ``max_grad_norm <= 0`` disables clipping.
+    """
+    lr_multiplier(schedule, 0, total_steps)  # validate the name eagerly
+
+    def clip_update(updates, state, params=None):
+        del params
+        norm = optax.tree.norm(updates)
+        limit = jnp.asarray(max_grad_norm, jnp.float32)
+        factor = jnp.where((limit > 0) & (norm > limit), limit / jnp.maximum(norm, 1e-12), 1.0)
+        return jax.tree_util.tree_map(lambda g: g * factor.astype(g.dtype), updates), state
+
+    clip = optax.GradientTransformation(lambda params: optax.EmptyState(), clip_update)
+    return optax.chain(
+        clip,
+        optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+        optax.scale_by_schedule(lambda count: -jnp.asarray(lr) * lr_multiplier(schedule, count, total_steps)),
+    )
+
+
+# --------------------------------------------------------------------------- envs with time limits
+class TimedState(NamedTuple):
+    """An env state and its step count ``t`` within the current episode (int32)."""
+
+    env_state: PyTree
+    t: jax.Array
+
+
+def timed_env(env, episode_length: int):
+    """Engine functions on ``TimedState``: (step, reward, done, terminal).
+
+    done(ts) = time limit reached (t >= episode_length) or the env's own ``done``;
+    terminal(ts) = the env's own ``done`` only (a time limit is a truncation, not a terminal
+    state, so critics bootstrap over it).
+    """
+    def step(ts, action, xi):
+        return TimedState(env.step(ts.env_state, action, xi), ts.t + 1)
+
+    if isinstance(env.reward, TransitionReward) or getattr(env.reward, "uses_next_state", False):
+        reward = transition_reward(lambda ts, a, ts_next: env.reward(ts.env_state, a, ts_next.env_state))
+    else:
+        def reward(ts, action):
+            return env.reward(ts.env_state, action)
+
+    def terminal(ts):
+        if env.done is None:
+            return jnp.zeros((), bool)
+        return jnp.asarray(env.done(ts.env_state), bool)
+
+    def done(ts):
+        return (ts.t >= episode_length) | terminal(ts)
+
+    return step, reward, done, terminal
+
+
+def reset_timed(env, keys) -> TimedState:
+    """Fresh ``TimedState`` batch from a batch of keys."""
+    states = jax.vmap(env.reset)(keys)
+    return TimedState(states, jnp.zeros((keys.shape[0],), jnp.int32))
+
+
+def reset_where(env, ts: TimedState, mask: jax.Array, key) -> TimedState:
+    """Replace the envs where ``mask`` [B] holds by fresh resets (t = 0); keep the others.
+
+    Pass ``mask = traj.alive[:, -1] == 0`` after a window from the engine: an episode that
+    ended inside the window (time limit or terminal) starts over.
+    """
+    fresh = reset_timed(env, jax.random.split(key, mask.shape[0]))
+
+    def pick(f, s):
+        m = jnp.reshape(mask, mask.shape + (1,) * (jnp.ndim(s) - 1))
+        return jnp.where(m, f, s)
+
+    return jax.tree_util.tree_map(pick, fresh, ts)
+
+
+def stack_metrics(metrics: Dict[str, Any]) -> Dict[str, jax.Array]:
+    """Every metric as a scalar array (floats as float32, counters keep their int dtype)."""
+    out = {}
+    for k, v in metrics.items():
+        v = jnp.asarray(v).reshape(())
+        out[k] = v if jnp.issubdtype(v.dtype, jnp.integer) else v.astype(jnp.float32)
+    return out
+
+
+__all__ = [
+    "Agent", "make_train_fn", "run", "lr_multiplier", "make_optimizer",
+    "TimedState", "timed_env", "reset_timed", "reset_where", "stack_metrics",
+]
