@@ -23,7 +23,7 @@ from mbpo_grad.objectives import (
 from mbpo_grad import returns
 from mbpo_grad import nn
 from mbpo_grad import policies
-from mbpo_grad import bijectors, distributions
+from mbpo_grad import bijectors, distributions, exploration, trust_region
 from mbpo_grad import checkpoint, guards, score_function, tabular, linear_gaussian
 from mbpo_grad.sweeps import sweep
 from mbpo_grad import models, replay, svg
@@ -32,7 +32,7 @@ __all__ = [
     "Trajectory", "transition_reward", "unroll",
     "actor_q_objective", "batched_unroll", "bpo", "discounted_sum", "dpmb", "nstep",
     "pathwise_objective", "pathwise_returns", "trajectory_return",
-    "returns", "nn", "policies", "bijectors", "distributions", "checkpoint", "guards", "sweep", "score_function", "tabular", "linear_gaussian",
+    "returns", "nn", "policies", "bijectors", "distributions", "exploration", "trust_region", "checkpoint", "guards", "sweep", "score_function", "tabular", "linear_gaussian",
     "models", "replay", "svg",
 ]
 __version__ = "0.1.0"

@@ -1,0 +1,196 @@
+"""DDPG: deep deterministic policy gradient (Lillicrap et al. 2016), the n = 0 family member with replay.
+
+Per iteration (shared loop in ``offpolicy``): collect with the exploration policy
+a = clip(π(s) + N_t, −1, 1), N_t Ornstein–Uhlenbeck noise (``mbpo_grad.exploration``; one
+chain per env and action dimension, restarted at its mean μ when an episode ends), store in
+the replay buffer, then
+``updates_per_iteration`` times, on a fresh minibatch:
+
+    critic:  y = r + γ d Q'(s', π'(s')),      L_Q = mean (Q(s, a) − y)²          (d = 1 − terminal)
+    actor:   ascend  J_0(w) = mean_s Q(s, π_w(s))  = mg.actor_q_objective          (theory §1, n = 0)
+    targets: Q' ← polyak(Q', Q, τ),  π' ← polyak(π', π, τ)
+
+The actor objective is the engine's n = 0 pathwise objective with the critic as bootstrap
+(``dpg_actor_loss``), i.e. the deterministic policy gradient E[∇_a Q(s, a)|_{a=π(s)} ∇_w π(s)]
+(Silver et al. 2014). NFQCA uses the same actor loss on a fixed batch (``nfqca``).
+
+    cfg = DDPGConfig(iterations=2000)
+    state, metrics = train(cfg, jax.random.key(0))
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, ClassVar, Dict, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mbpo_grad import critics as C
+from mbpo_grad import exploration as X
+from mbpo_grad.agents import common
+from mbpo_grad.agents import offpolicy as OP
+from mbpo_grad.agents.common import Agent
+from mbpo_grad.objectives import actor_q_objective
+from mbpo_grad.policies.base import Policy, as_engine_policy
+from mbpo_grad.policies.deterministic import deterministic
+
+PyTree = Any
+
+
+class HParams(NamedTuple):
+    """Float hyper-parameters (arrays; vmappable)."""
+
+    actor_lr: jax.Array
+    critic_lr: jax.Array
+    gamma: jax.Array
+    tau: jax.Array
+    ou_theta: jax.Array
+    ou_mu: jax.Array
+    ou_sigma: jax.Array
+    ou_dt: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class DDPGConfig(OP.OffPolicyConfig):
+    """Static settings (``OffPolicyConfig``) + defaults of the float hyper-parameters."""
+
+    HPARAMS: ClassVar[Any] = HParams
+    actor_lr: float = 1e-3
+    critic_lr: float = 1e-3
+    gamma: float = 0.99
+    tau: float = 0.005
+    ou_theta: float = 0.15
+    ou_mu: float = 0.0
+    ou_sigma: float = 0.3
+    ou_dt: float = 1.0
+
+
+class DDPGLearner(NamedTuple):
+    actor: PyTree
+    critic: PyTree
+    actor_target: PyTree
+    critic_target: PyTree
+    actor_opt: PyTree
+    critic_opt: PyTree
+
+
+# --------------------------------------------------------------------------- losses (pure, reusable)
+def dpg_actor_loss(policy: Policy, critic_apply: Callable, actor_params: PyTree, critic_params: PyTree,
+                   obs: jax.Array, policy_noise: Optional[jax.Array] = None) -> jax.Array:
+    """−J_0 = −mean_b Q(s_b, π(s_b, ε_b)) via ``mg.actor_q_objective`` (n = 0, critic bootstrap).
+
+    obs: [B, obs_dim]; policy_noise: None (deterministic policy / mode) or ε of shape
+    [1, B, *noise_shape] (the engine's [horizon + 1, B] layout at horizon 0).
+    """
+    def q(o, a):
+        return critic_apply(critic_params, o, a)
+
+    return -actor_q_objective(as_engine_policy(policy), actor_params, q, obs, policy_noise=policy_noise)
+
+
+def q_targets(policy: Policy, critic_apply: Callable, actor_target: PyTree, critic_target: PyTree,
+              batch: Dict[str, jax.Array], gamma: Any) -> jax.Array:
+    """y = r + γ d Q'(s', π'(s')) for a batch of transitions, shape [B]."""
+    a_next = jax.vmap(lambda o: policy.sample(actor_target, o, None))(batch["next_obs"])
+    q_next = jax.vmap(critic_apply, in_axes=(None, 0, 0))(critic_target, batch["next_obs"], a_next)
+    return batch["reward"] + gamma * batch["discount"] * q_next
+
+
+# --------------------------------------------------------------------------- the agent
+def validate(config: DDPGConfig, env=None):
+    env, episode_length = OP.validate(config, DDPGConfig, env)
+    check_hparams(config)
+    return env, episode_length
+
+
+def check_hparams(hp):
+    OP.check_hparams(hp, unit=("gamma", "tau"), positive=("actor_lr", "critic_lr", "ou_theta", "ou_dt"),
+                     nonneg=("ou_sigma",), finite=("ou_mu",))
+
+
+def _policy_for(env, config, policy):
+    if policy is None:
+        policy = deterministic(env.obs_size, env.action_size, config.actor_hidden)
+    if not isinstance(policy, Policy):
+        raise TypeError(f"policy must be a mbpo_grad.policies.Policy bundle, got {type(policy).__name__}")
+    if policy.obs_dim != env.obs_size or policy.act_dim != env.action_size:
+        raise ValueError(f"policy: obs_dim/act_dim ({policy.obs_dim}, {policy.act_dim}) do not match the env "
+                         f"({env.obs_size}, {env.action_size})")
+    return policy
+
+
+def make_algo(config: DDPGConfig, env, policy: Optional[Policy] = None) -> OP.OffPolicyAlgo:
+    policy = _policy_for(env, config, policy)
+    critic = C.q_critic(env.obs_size, env.action_size, config.critic_hidden)
+    U, bs = int(config.updates_per_iteration), int(config.batch_size)
+
+    def init(key, hp):
+        ka, kc = jax.random.split(key)
+        ap, cp = policy.init(ka), critic.init(kc)
+        return DDPGLearner(ap, cp, ap, cp, OP.adam(hp.actor_lr).init(ap), OP.adam(hp.critic_lr).init(cp))
+
+    # The OU state is kept as the deviation X = N − μ (an OU chain with mean 0 and the same θ, σ, Δt),
+    # so a fresh chain at its mean μ is X = 0 whatever μ is.
+    def explore_init(n):
+        return X.ou_init((n, env.action_size), 0.0)
+
+    def act(learner, obs, dev, key, hp):
+        dev = X.ou_sample(dev, key, theta=hp.ou_theta, mu=0.0, sigma=hp.ou_sigma, dt=hp.ou_dt)
+        a = jax.vmap(lambda o: policy.sample(learner.actor, o, None))(obs)
+        return jnp.clip(a + hp.ou_mu + dev, -1.0, 1.0), dev
+
+    def explore_reset(dev, mask):
+        # a fresh chain at its mean μ for every env that starts a new episode
+        return jnp.where(mask[:, None], jnp.zeros_like(dev), dev)
+
+    def greedy(learner, obs, hp):
+        return policy.sample(learner.actor, obs, None)
+
+    def one_update(l: DDPGLearner, batch, hp):
+        y = q_targets(policy, critic.apply, l.actor_target, l.critic_target, batch, hp.gamma)
+        c_loss, g = jax.value_and_grad(lambda p: C.q_loss(critic, p, batch["obs"], batch["action"], y))(l.critic)
+        upd, c_opt = OP.adam(hp.critic_lr).update(g, l.critic_opt, l.critic)
+        cp = optax.apply_updates(l.critic, upd)
+        a_loss, g = jax.value_and_grad(lambda p: dpg_actor_loss(policy, critic.apply, p, cp, batch["obs"]))(l.actor)
+        upd, a_opt = OP.adam(hp.actor_lr).update(g, l.actor_opt, l.actor)
+        ap = optax.apply_updates(l.actor, upd)
+        l = DDPGLearner(ap, cp, C.polyak(l.actor_target, ap, hp.tau), C.polyak(l.critic_target, cp, hp.tau),
+                        a_opt, c_opt)
+        return l, {"critic_loss": c_loss, "actor_loss": a_loss, "q_mean": jnp.mean(y)}
+
+    def learn(learner, buf, hp, key):
+        batches = OP.sample_batches(buf, key, U, bs)
+        learner, m = jax.lax.scan(lambda l, b: one_update(l, b, hp), learner, batches)
+        return learner, jax.tree_util.tree_map(jnp.mean, m)
+
+    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, greedy, learn, "ddpg")
+
+
+def make_agent(config: DDPGConfig, *, env=None, policy: Optional[Policy] = None) -> Agent:
+    env, episode_length = validate(config, env)
+    return OP.make_agent(config, make_algo(config, env, policy), env, episode_length)
+
+
+def make_train_fn(config: DDPGConfig, *, env=None, policy: Optional[Policy] = None):
+    """A pure ``train_fn(key, hparams) -> (state, metrics, eval_returns)`` (jit / vmap / sweeps)."""
+    return common.make_train_fn(make_agent(config, env=env, policy=policy), config.iterations, config.eval_every)
+
+
+def train(config: DDPGConfig, key: jax.Array, *, hparams: Optional[HParams] = None, env=None,
+          policy: Optional[Policy] = None, progress: bool = True, stream=None,
+          **run_kw):
+    """Train DDPG; returns (final ``OffPolicyState``, metrics) — see ``offpolicy.train``.
+
+    ``run_kw``: ``on_block`` / ``resume``, passed to ``common.run`` (checkpoints).
+    """
+    hparams = config.hparams() if hparams is None else hparams
+    if not isinstance(hparams, HParams):
+        raise TypeError(f"hparams must be a ddpg.HParams, got {type(hparams).__name__}")
+    check_hparams(hparams)
+    agent = make_agent(config, env=env, policy=policy)
+    return OP.train(agent, config, key, hparams, progress=progress, stream=stream, **run_kw)
+
+
+__all__ = ["DDPGConfig", "HParams", "DDPGLearner", "dpg_actor_loss", "q_targets", "make_algo", "make_agent",
+           "make_train_fn", "train", "validate"]

@@ -1,0 +1,167 @@
+"""NFQCA: neural fitted Q iteration with continuous actions (Hafner & Riedmiller 2011).
+
+Batch-mode actor-critic: Q is FITTED on a fixed batch of transitions (the replay buffer's
+contents, frozen for the iteration), with the Bellman targets of a frozen copy, and the
+actor then maximises Q(s, π(s)) — the engine's n = 0 objective with the critic as
+bootstrap (``mg.actor_q_objective``, theory §1 "NFQCA / DDPG actor loss").
+
+One iteration (``growing batch``: the episodes gathered so far are the batch):
+
+1. collect ``steps_per_iteration`` steps per env with π + Gaussian exploration noise
+   (uniform random actions during warm-up) into the buffer;
+2. ``q_iterations`` times:
+     freeze Q_k ← Q and π_k ← π;
+     fit:   ``q_steps`` minibatch Adam steps on  mean (Q(s, a) − [r + γ d Q_k(s', π_k(s'))])²
+            over the batch (targets from the frozen pair: fitted Q iteration, not TD);
+     actor: ``actor_steps`` minibatch Adam steps ascending  mean_s Q(s, π(s)).
+
+With ``steps_per_iteration`` large and ``iterations`` small this is the original
+growing-batch NFQCA; ``collect_iterations = k`` stops collecting after k iterations
+(pure batch RL on a fixed set of transitions from then on).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mbpo_grad import critics as C
+from mbpo_grad import exploration as X
+from mbpo_grad.agents import common
+from mbpo_grad.agents import offpolicy as OP
+from mbpo_grad.agents.common import Agent
+from mbpo_grad.agents.ddpg import _policy_for, dpg_actor_loss, q_targets
+from mbpo_grad.policies.base import Policy
+
+PyTree = Any
+
+
+class HParams(NamedTuple):
+    actor_lr: jax.Array
+    critic_lr: jax.Array
+    gamma: jax.Array
+    explore_noise: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class NFQCAConfig(OP.OffPolicyConfig):
+    """``OffPolicyConfig`` + the fitted-Q schedule.
+
+    q_iterations: fitted-Q iterations (frozen target pairs) per iteration;
+    q_steps, actor_steps: minibatch steps of the critic fit and of the actor per fitted-Q
+    iteration (``updates_per_iteration`` is unused).
+    """
+
+    HPARAMS: ClassVar[Any] = HParams
+    updates_per_iteration: int = 0
+    q_iterations: int = 4
+    q_steps: int = 50
+    actor_steps: int = 50
+    actor_lr: float = 1e-3
+    critic_lr: float = 1e-3
+    gamma: float = 0.99
+    explore_noise: float = 0.2
+
+
+class NFQCALearner(NamedTuple):
+    actor: PyTree
+    critic: PyTree
+    actor_opt: PyTree
+    critic_opt: PyTree
+
+
+def check_hparams(hp):
+    OP.check_hparams(hp, unit=("gamma",), positive=("actor_lr", "critic_lr"), nonneg=("explore_noise",))
+
+
+def validate(config: NFQCAConfig, env=None):
+    env, episode_length = OP.validate(config, NFQCAConfig, env)
+    for name in ("q_iterations", "q_steps"):
+        OP.pos_int(getattr(config, name), name)
+    OP.pos_int(config.actor_steps, "actor_steps", minimum=0)
+    check_hparams(config)
+    return env, episode_length
+
+
+def make_algo(config: NFQCAConfig, env, policy: Optional[Policy] = None) -> OP.OffPolicyAlgo:
+    policy = _policy_for(env, config, policy)
+    critic = C.q_critic(env.obs_size, env.action_size, config.critic_hidden)
+    bs, K = int(config.batch_size), int(config.q_iterations)
+    n_q, n_a = int(config.q_steps), int(config.actor_steps)
+
+    def init(key, hp):
+        ka, kc = jax.random.split(key)
+        ap, cp = policy.init(ka), critic.init(kc)
+        return NFQCALearner(ap, cp, OP.adam(hp.actor_lr).init(ap), OP.adam(hp.critic_lr).init(cp))
+
+    def explore_init(n):
+        return ()
+
+    def act(learner, obs, carry, key, hp):
+        a = jax.vmap(lambda o: policy.sample(learner.actor, o, None))(obs)
+        return jnp.clip(a + X.gaussian_noise(key, a.shape, hp.explore_noise), -1.0, 1.0), carry
+
+    def explore_reset(carry, mask):
+        return carry
+
+    def greedy(learner, obs, hp):
+        return policy.sample(learner.actor, obs, None)
+
+    def fitted_q_iteration(l: NFQCALearner, key, buf, hp):
+        k_q, k_a = jax.random.split(key)
+        frozen_actor, frozen_critic = l.actor, l.critic   # Q_k, π_k: the targets of this fit
+
+        def q_step(carry, batch):
+            cp, c_opt = carry
+            y = q_targets(policy, critic.apply, frozen_actor, frozen_critic, batch, hp.gamma)
+            loss, g = jax.value_and_grad(lambda p: C.q_loss(critic, p, batch["obs"], batch["action"], y))(cp)
+            upd, c_opt = OP.adam(hp.critic_lr).update(g, c_opt, cp)
+            return (optax.apply_updates(cp, upd), c_opt), loss
+
+        (cp, c_opt), q_losses = jax.lax.scan(q_step, (l.critic, l.critic_opt), OP.sample_batches(buf, k_q, n_q, bs))
+
+        def a_step(carry, batch):
+            ap, a_opt = carry
+            loss, g = jax.value_and_grad(lambda p: dpg_actor_loss(policy, critic.apply, p, cp, batch["obs"]))(ap)
+            upd, a_opt = OP.adam(hp.actor_lr).update(g, a_opt, ap)
+            return (optax.apply_updates(ap, upd), a_opt), loss
+
+        ap, a_opt, a_loss = l.actor, l.actor_opt, jnp.zeros(())
+        if n_a:
+            (ap, a_opt), a_losses = jax.lax.scan(a_step, (ap, a_opt), OP.sample_batches(buf, k_a, n_a, bs))
+            a_loss = jnp.mean(a_losses)
+        return NFQCALearner(ap, cp, a_opt, c_opt), {"critic_loss": jnp.mean(q_losses), "actor_loss": a_loss}
+
+    def learn(learner, buf, hp, key):
+        learner, m = jax.lax.scan(lambda l, k: fitted_q_iteration(l, k, buf, hp), learner, jax.random.split(key, K))
+        return learner, {"critic_loss": m["critic_loss"][-1], "actor_loss": m["actor_loss"][-1]}
+
+    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, greedy, learn, "nfqca")
+
+
+def make_agent(config: NFQCAConfig, *, env=None, policy: Optional[Policy] = None) -> Agent:
+    env, episode_length = validate(config, env)
+    return OP.make_agent(config, make_algo(config, env, policy), env, episode_length)
+
+
+def make_train_fn(config: NFQCAConfig, *, env=None, policy: Optional[Policy] = None):
+    return common.make_train_fn(make_agent(config, env=env, policy=policy), config.iterations, config.eval_every)
+
+
+def train(config: NFQCAConfig, key: jax.Array, *, hparams: Optional[HParams] = None, env=None,
+          policy: Optional[Policy] = None, progress: bool = True, stream=None,
+          **run_kw):
+    """Train NFQCA; returns (final ``OffPolicyState``, metrics) — see ``offpolicy.train``."""
+    hparams = config.hparams() if hparams is None else hparams
+    if not isinstance(hparams, HParams):
+        raise TypeError(f"hparams must be a nfqca.HParams, got {type(hparams).__name__}")
+    check_hparams(hparams)
+    agent = make_agent(config, env=env, policy=policy)
+    return OP.train(agent, config, key, hparams, progress=progress, stream=stream, **run_kw)
+
+
+__all__ = ["NFQCAConfig", "HParams", "NFQCALearner", "make_algo", "make_agent", "make_train_fn", "train",
+           "validate"]

@@ -1,0 +1,354 @@
+"""The shared loop of the replay-based (n = 0) agents: DDPG, TD3, SAC, NFQCA, fitted Q iteration.
+
+Every iteration of ``make_agent(config, algo)`` (an ``Agent`` for ``common.run`` /
+``common.make_train_fn``):
+
+1. collect — ``steps_per_iteration`` steps of the ``num_envs`` environments (``vmap`` over
+   envs, ``lax.scan`` over steps) with the algorithm's behaviour policy ``algo.act``
+   (uniform random actions in [−1, 1] for the first ``warmup_steps`` transitions). Each
+   transition (obs, action, reward, next_obs, discount = 1 − terminal) goes into a
+   device-resident replay buffer (``mbpo_grad.replay``). An episode that hits the time
+   limit is a truncation (discount 1: critics bootstrap over it); envs whose episode ended
+   are reset (``common.reset_where``) and so is their exploration state.
+2. learn — once ``warmup_steps`` transitions are stored, ``algo.learn(learner, buffer, hp,
+   key)`` runs the algorithm's targets → critic steps → actor steps on the buffer.
+3. log — per-iteration scalars (``env_steps``, ``episode_return`` of the last finished
+   training episodes, the algorithm's losses).
+
+``evaluate`` runs the algorithm's greedy policy ``algo.greedy`` (no exploration) for whole
+episodes from ``eval_envs`` fresh resets through the engine (``mg.batched_unroll``).
+
+An algorithm is an ``OffPolicyAlgo`` bundle of pure functions; static settings are closed
+over, float hyper-parameters arrive as the traced ``hp`` NamedTuple.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, ClassVar, Dict, NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mbpo_grad import replay
+from mbpo_grad.agents import common
+from mbpo_grad.agents.common import Agent, TimedState
+from mbpo_grad.objectives import batched_unroll
+
+PyTree = Any
+
+
+class OffPolicyAlgo(NamedTuple):
+    """What an off-policy algorithm supplies to the shared loop (all pure functions).
+
+    init(key, hp) -> learner                         networks, targets, optimiser states
+    explore_init(num_envs) -> carry                  exploration state (e.g. OU noise), any pytree
+    act(learner, obs [B, d], carry, key, hp) -> (actions [B, a], carry)   behaviour policy
+    explore_reset(carry, mask [B]) -> carry          reset the exploration state of ended episodes
+    greedy(learner, obs [d], hp) -> action [a]       evaluation policy (one observation)
+    learn(learner, buffer, hp, key) -> (learner, metrics: dict of scalars)
+    """
+
+    init: Callable
+    explore_init: Callable
+    act: Callable
+    explore_reset: Callable
+    greedy: Callable
+    learn: Callable
+    name: str = "offpolicy"
+
+
+@dataclasses.dataclass(frozen=True)
+class OffPolicyConfig:
+    """Static settings shared by the replay-based agents (subclassed per agent).
+
+    num_envs × steps_per_iteration transitions are collected per iteration; the first
+    ``warmup_steps`` transitions use uniform random actions and no learning happens before
+    they are stored. ``updates_per_iteration`` is the number of gradient steps an iteration
+    takes (its meaning per algorithm: critic steps for DDPG/TD3/SAC). ``collect_iterations``:
+    None collects every iteration; k stops interacting after k iterations, so learning
+    continues on a fixed batch of transitions (batch RL).
+    """
+
+    env: str = "pendulum"
+    num_envs: int = 8
+    episode_length: Optional[int] = None
+    iterations: int = 1000
+    steps_per_iteration: int = 1
+    updates_per_iteration: int = 8
+    batch_size: int = 128
+    buffer_size: int = 100_000
+    warmup_steps: int = 1000
+    actor_hidden: Tuple[int, ...] = (64, 64)
+    critic_hidden: Tuple[int, ...] = (64, 64)
+    eval_every: int = 50
+    eval_envs: int = 16
+    collect_iterations: Optional[int] = None
+
+    HPARAMS: ClassVar[Any] = None  # the agent's HParams NamedTuple class
+
+    def hparams(self, **overrides):
+        """The float hyper-parameters as float32 arrays (``overrides`` replace fields)."""
+        cls = type(self).HPARAMS
+        vals = {f: overrides.pop(f, getattr(self, f)) for f in cls._fields}
+        if overrides:
+            raise TypeError(f"hparams: unknown hyper-parameter(s) {sorted(overrides)}; expected {cls._fields}")
+        return cls(**{k: jnp.asarray(v, jnp.float32) for k, v in vals.items()})
+
+    def replace(self, **kw):
+        return dataclasses.replace(self, **kw)
+
+    @property
+    def env_steps_per_iteration(self) -> int:
+        return self.num_envs * self.steps_per_iteration
+
+
+class OffPolicyState(NamedTuple):
+    learner: PyTree
+    buffer: replay.ReplayBuffer
+    env_state: TimedState
+    explore: PyTree
+    ep_return: jax.Array       # [B] return of the running episode so far
+    last_return: jax.Array     # [B] return of each env's last finished episode
+    finished: jax.Array        # [B] bool: has finished an episode
+    env_steps: jax.Array       # int32: transitions collected
+    iteration: jax.Array
+
+
+# --------------------------------------------------------------------------- validation
+def pos_int(value, name, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def make_env(name, **kw):
+    import envs
+
+    if not isinstance(name, str):
+        raise TypeError(f"env must be an environment name (str), got {type(name).__name__}")
+    try:
+        return envs.make(name, **kw)
+    except ValueError as err:
+        raise ValueError(f"env: {err}") from None
+
+
+def check_hidden(h, name):
+    if not isinstance(h, (tuple, list)) or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in h):
+        raise ValueError(f"{name} must be a tuple of positive ints, got {h!r}")
+
+
+def check_hparams(hp, *, unit=(), positive=(), nonneg=(), finite=()):
+    """Concrete-value checks of an hparams NamedTuple (tracers pass); errors name the field."""
+    def vals(name):
+        v = getattr(hp, name)
+        if isinstance(v, jax.core.Tracer):
+            return None
+        return np.asarray(v, np.float64)
+
+    for name in unit:
+        v = vals(name)
+        if v is not None and (not np.all(np.isfinite(v)) or v.min() < 0 or v.max() > 1):
+            raise ValueError(f"{name} must lie in [0, 1], got {getattr(hp, name)}")
+    for name in positive:
+        v = vals(name)
+        if v is not None and (not np.all(np.isfinite(v)) or v.min() <= 0):
+            raise ValueError(f"{name} must be a finite float > 0, got {getattr(hp, name)}")
+    for name in nonneg:
+        v = vals(name)
+        if v is not None and (not np.all(np.isfinite(v)) or v.min() < 0):
+            raise ValueError(f"{name} must be a finite float >= 0, got {getattr(hp, name)}")
+    for name in finite:
+        v = vals(name)
+        if v is not None and not np.all(np.isfinite(v)):
+            raise ValueError(f"{name} must be finite, got {getattr(hp, name)}")
+
+
+def validate(config: OffPolicyConfig, config_cls, env=None):
+    """Check the shared static fields; returns (env, episode_length)."""
+    if not isinstance(config, config_cls):
+        raise TypeError(f"config must be a {config_cls.__name__}, got {type(config).__name__}")
+    if env is None:
+        env = make_env(config.env)
+    episode_length = config.episode_length if config.episode_length is not None else env.episode_length
+    episode_length = pos_int(episode_length, "episode_length")
+    for name in ("num_envs", "iterations", "steps_per_iteration", "batch_size", "buffer_size", "eval_every",
+                 "eval_envs"):
+        pos_int(getattr(config, name), name)
+    pos_int(config.updates_per_iteration, "updates_per_iteration", minimum=0)
+    pos_int(config.warmup_steps, "warmup_steps", minimum=0)
+    if config.buffer_size < config.num_envs * config.steps_per_iteration:
+        raise ValueError(f"buffer_size ({config.buffer_size}) must hold one iteration's transitions "
+                         f"(num_envs*steps_per_iteration = {config.num_envs * config.steps_per_iteration})")
+    if config.collect_iterations is not None:
+        pos_int(config.collect_iterations, "collect_iterations")
+    check_hidden(config.actor_hidden, "actor_hidden")
+    check_hidden(config.critic_hidden, "critic_hidden")
+    return env, episode_length
+
+
+# --------------------------------------------------------------------------- env helpers
+def env_reward(env, s, a, s_next):
+    """r(s, a) or, for a ``transition_reward`` (Brax), r(s, a, s')."""
+    if getattr(env.reward, "uses_next_state", False):
+        return env.reward(s, a, s_next)
+    return env.reward(s, a)
+
+
+def env_terminal(env, s):
+    if env.done is None:
+        return jnp.zeros((), bool)
+    return jnp.asarray(env.done(s), bool)
+
+
+def transition_example(env) -> Dict[str, jax.Array]:
+    """One replay item (shapes and dtypes) for ``env``."""
+    obs = jnp.zeros((env.obs_size,), jnp.float32)
+    return {"obs": obs, "action": jnp.zeros((env.action_size,), jnp.float32), "reward": jnp.zeros((), jnp.float32),
+            "next_obs": obs, "discount": jnp.zeros((), jnp.float32)}
+
+
+def sample_batches(buffer, key, num: int, batch_size: int):
+    """``num`` minibatches of ``batch_size`` replay items, leading axes [num, batch_size]."""
+    items = replay.sample(buffer, key, num * batch_size)
+    return jax.tree_util.tree_map(lambda x: x.reshape((num, batch_size) + x.shape[1:]), items)
+
+
+def zeros_like_metrics(fn, *args):
+    """Zero scalars with the structure of ``fn(*args)[1]`` (for the no-learning branch of a cond)."""
+    shapes = jax.eval_shape(fn, *args)[1]
+    return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+# --------------------------------------------------------------------------- the agent
+def make_agent(config: OffPolicyConfig, algo: OffPolicyAlgo, env, episode_length: int) -> Agent:
+    """The ``Agent`` (init, update, evaluate) running ``algo`` in the shared loop on ``env``."""
+    B, K = int(config.num_envs), int(config.steps_per_iteration)
+    dyn_noise = tuple(env.noise_shape) != ()
+    act_dim = env.action_size
+    warmup = int(config.warmup_steps)
+    learn_after = max(warmup, int(config.batch_size))
+
+    def init(key, hp):
+        k_learn, k_env = jax.random.split(key)
+        learner = algo.init(k_learn, hp)
+        buf = replay.init(int(config.buffer_size), transition_example(env))
+        ts = common.reset_timed(env, jax.random.split(k_env, B))
+        zeros = jnp.zeros((B,), jnp.float32)
+        return OffPolicyState(learner, buf, ts, algo.explore_init(B), zeros, zeros, jnp.zeros((B,), bool),
+                              jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+
+    def collect_step(carry, key, learner, hp):
+        ts, explore, ep_ret, last_ret, finished, env_steps = carry
+        k_act, k_rand, k_xi, k_reset = jax.random.split(key, 4)
+        s = ts.env_state
+        obs = jax.vmap(env.observe)(s).astype(jnp.float32)
+        a_explore, explore = algo.act(learner, obs, explore, k_act, hp)
+        a_random = jax.random.uniform(k_rand, (B, act_dim), jnp.float32, -1.0, 1.0)
+        a = jnp.where(env_steps < warmup, a_random, a_explore)
+        xi = jax.random.normal(k_xi, (B,) + tuple(env.noise_shape)) if dyn_noise else None
+        s_next = jax.vmap(env.step, in_axes=(0, 0, 0 if dyn_noise else None))(s, a, xi)
+        r = jax.vmap(lambda s0, a0, s1: env_reward(env, s0, a0, s1))(s, a, s_next).astype(jnp.float32)
+        term = jax.vmap(lambda s1: env_terminal(env, s1))(s_next)
+        trunc = ts.t + 1 >= episode_length
+        next_obs = jax.vmap(env.observe)(s_next).astype(jnp.float32)
+        tr = {"obs": obs, "action": a, "reward": r, "next_obs": next_obs,
+              "discount": 1.0 - term.astype(jnp.float32)}
+        ended = term | trunc
+        acc = ep_ret + r
+        last_ret = jnp.where(ended, acc, last_ret)
+        finished = finished | ended
+        ep_ret = jnp.where(ended, 0.0, acc)
+        ts = common.reset_where(env, TimedState(s_next, ts.t + 1), ended, k_reset)
+        explore = algo.explore_reset(explore, ended)
+        return (ts, explore, ep_ret, last_ret, finished, env_steps + B), tr
+
+    def update(state: OffPolicyState, hp, key):
+        k_col, k_learn = jax.random.split(key)
+        carry0 = (state.env_state, state.explore, state.ep_return, state.last_return, state.finished,
+                  state.env_steps)
+
+        def collect(args):
+            c0, buf = args
+            c, trs = jax.lax.scan(lambda c, k: collect_step(c, k, state.learner, hp), c0, jax.random.split(k_col, K))
+            buf = replay.add(buf, jax.tree_util.tree_map(lambda x: x.reshape((K * B,) + x.shape[2:]), trs))
+            return c, buf, jnp.mean(trs["reward"])
+
+        if config.collect_iterations is None:
+            carry, buf, mean_r = collect((carry0, state.buffer))
+        else:  # a fixed batch: no more interaction after collect_iterations iterations
+            carry, buf, mean_r = jax.lax.cond(
+                state.iteration < config.collect_iterations, collect,
+                lambda args: (args[0], args[1], jnp.full((), jnp.nan, jnp.float32)), (carry0, state.buffer))
+        ts, explore, ep_ret, last_ret, finished, env_steps = carry
+
+        def do_learn(learner):
+            return algo.learn(learner, buf, hp, k_learn)
+
+        def skip(learner):
+            return learner, zeros_like_metrics(do_learn, learner)
+
+        learner, lm = jax.lax.cond(env_steps >= learn_after, do_learn, skip, state.learner)
+        n_fin = jnp.sum(finished)
+        episode_return = jnp.where(n_fin > 0, jnp.sum(jnp.where(finished, last_ret, 0.0)) / jnp.maximum(n_fin, 1),
+                                   jnp.nan)
+        new_state = OffPolicyState(learner, buf, ts, explore, ep_ret, last_ret, finished, env_steps,
+                                   state.iteration + 1)
+        metrics = common.stack_metrics({"env_steps": env_steps, "episode_return": episode_return,
+                                        "reward_per_step": mean_r, **lm})
+        return new_state, metrics
+
+    def evaluate(state: OffPolicyState, hp, key):
+        k_reset, k_xi = jax.random.split(key)
+        s0 = jax.vmap(env.reset)(jax.random.split(k_reset, config.eval_envs))
+
+        def pi(learner, s, eps):
+            del eps
+            return algo.greedy(learner, env.observe(s).astype(jnp.float32), hp)
+
+        xi = (jax.random.normal(k_xi, (episode_length, config.eval_envs) + tuple(env.noise_shape))
+              if dyn_noise else None)
+        traj = batched_unroll(pi, state.learner, env.step, env.reward, s0, horizon=episode_length,
+                              dynamics_noise=xi, done=env.done)
+        return jnp.mean(jnp.sum(traj.rewards, axis=1))
+
+    return Agent(init, update, evaluate, algo.name)
+
+
+def train(agent: Agent, config: OffPolicyConfig, key, hparams, *, progress=True, stream=None, on_block=None,
+          resume=None):
+    """Run ``agent`` with ``common.run``; metrics as NumPy arrays plus the evaluations.
+
+    ``on_block`` / ``resume`` pass through to ``common.run`` (checkpointing, resuming).
+
+    Returns (state, metrics) with the per-iteration metrics and ``eval_iteration``,
+    ``eval_env_steps``, ``eval_return`` (one per block of ``eval_every`` iterations) and
+    ``wall_s``; the final evaluation is ``metrics["eval_return"][-1]``.
+    """
+    def describe(it, last, ev):
+        ret = last["episode_return"]
+        ret_s = "      n/a" if not np.isfinite(ret) else f"{ret:9.2f}"
+        extra = "  ".join(f"{k} {last[k]:9.3g}" for k in ("critic_loss", "actor_loss", "alpha") if k in last)
+        return (f"[{agent.name}] it {it:5d}/{config.iterations}  env_steps {int(last['env_steps']):8d}  "
+                f"train_return {ret_s}  eval_return {ev:9.2f}  {extra}")
+
+    state, metrics, evals = common.run(agent, key, hparams, iterations=config.iterations,
+                                       eval_every=config.eval_every, progress=progress, describe=describe,
+                                       stream=stream, on_block=on_block, resume=resume)
+    its = evals["iteration"]
+    metrics["eval_iteration"] = its
+    metrics["eval_env_steps"] = metrics["env_steps"][its - 1]
+    metrics["eval_return"] = evals["eval_return"]
+    metrics["wall_s"] = evals["wall_s"]
+    return state, metrics
+
+
+def adam(lr, max_grad_norm=0.0):
+    """Adam with a traced learning rate (constant schedule), optional global-norm clipping."""
+    return common.make_optimizer(lr, max_grad_norm, total_steps=1, schedule="constant")
+
+
+__all__ = ["OffPolicyAlgo", "OffPolicyConfig", "OffPolicyState", "make_agent", "train", "validate",
+           "sample_batches", "transition_example", "check_hparams", "adam", "make_env"]

@@ -1,0 +1,249 @@
+"""SAC: soft actor-critic (Haarnoja et al. 2018a, b) — SVG(0) with an entropy bonus (theory §1, §5).
+
+Actor: a reparameterised stochastic policy a = π_w(s, ε), ε ~ N(0, I) — the tanh-Gaussian
+(``mg.policies.gaussian``, default) or any stochastic ``Policy`` bundle such as the flow
+(``mg.policies.flow``). Per update, on a replay minibatch:
+
+    soft target:  y = r + γ d ( min_i Q'_i(s', a') − α log π(a'|s') ),   a' = π(s', ε'),
+    critic:       L_Q = Σ_i mean (Q_i(s, a) − y)²,
+    actor:        minimise  E_{s, ε}[ α log π(π_w(s, ε)|s) − min_i Q_i(s, π_w(s, ε)) ]
+                  = −J_0 with bootstrap Q_soft(s, a) = min_i Q_i(s, a) − α log π_w(a|s)
+                  (``mg.actor_q_objective``: the engine's n = 0 objective, ``sac_actor_loss``),
+    temperature:  minimise  −log α · E[log π(a|s) + H̄]  (α = exp(log α); ``learn_alpha``),
+    targets:      Q' ← polyak(Q', Q, τ).
+
+As α → 0 (and σ → 0) the actor gradient is the deterministic policy gradient (DPG is the
+β → 0 limit, theory §5; tested). ``trust_region=True`` replaces the actor's Adam step by
+a KL trust-region step (``mbpo_grad.trust_region``) on the same objective.
+Evaluation acts with ε = None (the Gaussian's mode tanh(μ)).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, ClassVar, Dict, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mbpo_grad import critics as C
+from mbpo_grad import trust_region as TR
+from mbpo_grad.agents import common
+from mbpo_grad.agents import offpolicy as OP
+from mbpo_grad.agents.common import Agent
+from mbpo_grad.objectives import actor_q_objective
+from mbpo_grad.policies.base import Policy, as_engine_policy
+from mbpo_grad.policies.gaussian import gaussian
+
+PyTree = Any
+
+
+class HParams(NamedTuple):
+    actor_lr: jax.Array
+    critic_lr: jax.Array
+    alpha_lr: jax.Array
+    gamma: jax.Array
+    tau: jax.Array
+    init_alpha: jax.Array
+    target_entropy: jax.Array   # H̄ per action dimension (the target is target_entropy · act_dim)
+    kl_radius: jax.Array        # initial KL radius (trust_region=True only)
+
+
+@dataclasses.dataclass(frozen=True)
+class SACConfig(OP.OffPolicyConfig):
+    """``OffPolicyConfig`` + SAC switches + float hyper-parameter defaults.
+
+    learn_alpha: learn the temperature (else α = init_alpha throughout).
+    trust_region: actor steps by ``mbpo_grad.trust_region.step`` (KL radius ``kl_radius``).
+    """
+
+    HPARAMS: ClassVar[Any] = HParams
+    learn_alpha: bool = True
+    trust_region: bool = False
+    actor_lr: float = 1e-3
+    critic_lr: float = 1e-3
+    alpha_lr: float = 1e-3
+    gamma: float = 0.99
+    tau: float = 0.005
+    init_alpha: float = 0.2
+    target_entropy: float = -1.0
+    kl_radius: float = 0.01
+
+
+class SACLearner(NamedTuple):
+    actor: PyTree
+    critic: PyTree           # twin Q
+    critic_target: PyTree
+    log_alpha: jax.Array
+    actor_opt: PyTree
+    critic_opt: PyTree
+    alpha_opt: PyTree
+    tr: TR.TrustRegionState
+
+
+# --------------------------------------------------------------------------- losses (pure, reusable)
+def sac_actor_loss(policy: Policy, q_fn: Callable, actor_params: PyTree, obs: jax.Array, eps: jax.Array,
+                   alpha: Any) -> jax.Array:
+    """mean_b [α log π(a_b|s_b) − Q(s_b, a_b)], a_b = π(s_b, ε_b): −``mg.actor_q_objective`` (n = 0).
+
+    q_fn(obs, a) -> scalar (e.g. the twin minimum); obs [B, d]; eps [B, *noise_shape].
+    The bootstrap of the engine's objective is the soft value Q(s, a) − α log π_w(a|s), so
+    the gradient is the total (reparameterised) derivative through a and through log π_w.
+    """
+    def soft_q(o, a):
+        return q_fn(o, a) - alpha * policy.log_prob(actor_params, o, a)
+
+    return -actor_q_objective(as_engine_policy(policy), actor_params, soft_q, obs, policy_noise=eps[None])
+
+
+def soft_targets(policy: Policy, twin: Any, actor_params: PyTree, critic_target: PyTree,
+                 batch: Dict[str, jax.Array], eps: jax.Array, alpha: Any, gamma: Any) -> jax.Array:
+    """y = r + γ d (min_i Q'_i(s', a') − α log π(a'|s')), a' = π(s', ε'), eps [B, *noise_shape]."""
+    nxt = batch["next_obs"]
+    a_next = jax.vmap(policy.sample, in_axes=(None, 0, 0))(actor_params, nxt, eps)
+    lp = jax.vmap(policy.log_prob, in_axes=(None, 0, 0))(actor_params, nxt, a_next)
+    q_next = jax.vmap(lambda o, a: C.twin_min(twin, critic_target, o, a))(nxt, a_next)
+    return batch["reward"] + gamma * batch["discount"] * (q_next - alpha * lp)
+
+
+def temperature_loss(log_alpha: jax.Array, log_probs: jax.Array, target_entropy: Any) -> jax.Array:
+    """−log α · mean(sg(log π) + H̄)  (Haarnoja et al. 2018b, eq. 18, in log α)."""
+    return -log_alpha * jnp.mean(jax.lax.stop_gradient(log_probs) + target_entropy)
+
+
+# --------------------------------------------------------------------------- the agent
+def check_hparams(hp):
+    OP.check_hparams(hp, unit=("gamma", "tau"), positive=("actor_lr", "critic_lr", "alpha_lr", "kl_radius"),
+                     nonneg=("init_alpha",), finite=("target_entropy",))
+
+
+def validate(config: SACConfig, env=None):
+    env, episode_length = OP.validate(config, SACConfig, env)
+    check_hparams(config)
+    return env, episode_length
+
+
+def _policy_for(env, config, policy):
+    if policy is None:
+        policy = gaussian(env.obs_size, env.action_size, config.actor_hidden)
+    if not isinstance(policy, Policy):
+        raise TypeError(f"policy must be a mbpo_grad.policies.Policy bundle, got {type(policy).__name__}")
+    if tuple(policy.noise_shape) == (0,):
+        raise ValueError("policy: SAC needs a stochastic policy with a density (gaussian, flow), "
+                         "got a deterministic one; use ddpg/td3 for deterministic policies")
+    if policy.obs_dim != env.obs_size or policy.act_dim != env.action_size:
+        raise ValueError(f"policy: obs_dim/act_dim ({policy.obs_dim}, {policy.act_dim}) do not match the env "
+                         f"({env.obs_size}, {env.action_size})")
+    return policy
+
+
+def make_algo(config: SACConfig, env, policy: Optional[Policy] = None) -> OP.OffPolicyAlgo:
+    policy = _policy_for(env, config, policy)
+    twin = C.twin_q(env.obs_size, env.action_size, config.critic_hidden)
+    U, bs = int(config.updates_per_iteration), int(config.batch_size)
+    noise_shape = tuple(policy.noise_shape)
+    act_dim = env.action_size
+
+    def init(key, hp):
+        ka, kc = jax.random.split(key)
+        ap, cp = policy.init(ka), twin.init(kc)
+        la = jnp.log(jnp.maximum(hp.init_alpha, 1e-30)).astype(jnp.float32)
+        return SACLearner(ap, cp, cp, la, OP.adam(hp.actor_lr).init(ap), OP.adam(hp.critic_lr).init(cp),
+                          OP.adam(hp.alpha_lr).init(la), TR.init(hp.kl_radius))
+
+    def explore_init(n):
+        return ()
+
+    def act(learner, obs, carry, key, hp):
+        eps = jax.random.normal(key, (obs.shape[0],) + noise_shape)
+        return jax.vmap(policy.sample, in_axes=(None, 0, 0))(learner.actor, obs, eps), carry
+
+    def explore_reset(carry, mask):
+        return carry
+
+    def greedy(learner, obs, hp):
+        return policy.sample(learner.actor, obs, None)
+
+    def alpha_of(l, hp):
+        return jnp.exp(l.log_alpha) if config.learn_alpha else hp.init_alpha
+
+    def one_update(l: SACLearner, xs, hp):
+        batch, key = xs
+        k_t, k_a, k_kl = jax.random.split(key, 3)
+        alpha = alpha_of(l, hp)
+        y = soft_targets(policy, twin, l.actor, l.critic_target, batch,
+                         jax.random.normal(k_t, (bs,) + noise_shape), alpha, hp.gamma)
+        c_loss, g = jax.value_and_grad(lambda p: C.q_loss(twin, p, batch["obs"], batch["action"], y))(l.critic)
+        upd, c_opt = OP.adam(hp.critic_lr).update(g, l.critic_opt, l.critic)
+        cp = optax.apply_updates(l.critic, upd)
+
+        eps = jax.random.normal(k_a, (bs,) + noise_shape)
+        obs = batch["obs"]
+
+        def q_fn(o, a):
+            return C.twin_min(twin, cp, o, a)
+
+        def loss(p):
+            return sac_actor_loss(policy, q_fn, p, obs, eps, alpha)
+
+        tr_metrics = {}
+        if config.trust_region:
+            kl_eps = jax.random.normal(k_kl, (bs,) + noise_shape)
+            old = l.actor
+            a_loss = loss(old)
+            ap, tr, info = TR.step(lambda p: -loss(p), lambda p: TR.kl_monte_carlo(policy, old, p, obs, kl_eps),
+                                   old, l.tr)
+            a_opt = l.actor_opt
+            tr_metrics = {"tr_accepted": info.accepted.astype(jnp.float32), "tr_kl": info.kl,
+                          "tr_radius": info.new_radius}
+        else:
+            a_loss, g = jax.value_and_grad(loss)(l.actor)
+            upd, a_opt = OP.adam(hp.actor_lr).update(g, l.actor_opt, l.actor)
+            ap = optax.apply_updates(l.actor, upd)
+            tr = l.tr
+
+        la, al_opt = l.log_alpha, l.alpha_opt
+        if config.learn_alpha:
+            a_new = jax.vmap(policy.sample, in_axes=(None, 0, 0))(ap, obs, eps)
+            lp = jax.vmap(policy.log_prob, in_axes=(None, 0, 0))(ap, obs, a_new)
+            H = hp.target_entropy * act_dim
+            g = jax.grad(temperature_loss)(l.log_alpha, lp, H)
+            upd, al_opt = OP.adam(hp.alpha_lr).update(g, l.alpha_opt, l.log_alpha)
+            la = optax.apply_updates(l.log_alpha, upd)
+        l = SACLearner(ap, cp, C.polyak(l.critic_target, cp, hp.tau), la, a_opt, c_opt, al_opt, tr)
+        return l, {"critic_loss": c_loss, "actor_loss": a_loss, "alpha": alpha, "q_mean": jnp.mean(y),
+                   **tr_metrics}
+
+    def learn(learner, buf, hp, key):
+        kb, kn = jax.random.split(key)
+        batches = OP.sample_batches(buf, kb, U, bs)
+        learner, m = jax.lax.scan(lambda l, xs: one_update(l, xs, hp), learner, (batches, jax.random.split(kn, U)))
+        return learner, jax.tree_util.tree_map(jnp.mean, m)
+
+    name = "sac" if policy.name == "gaussian" else f"sac-{policy.name}"
+    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, greedy, learn, name)
+
+
+def make_agent(config: SACConfig, *, env=None, policy: Optional[Policy] = None) -> Agent:
+    env, episode_length = validate(config, env)
+    return OP.make_agent(config, make_algo(config, env, policy), env, episode_length)
+
+
+def make_train_fn(config: SACConfig, *, env=None, policy: Optional[Policy] = None):
+    return common.make_train_fn(make_agent(config, env=env, policy=policy), config.iterations, config.eval_every)
+
+
+def train(config: SACConfig, key: jax.Array, *, hparams: Optional[HParams] = None, env=None,
+          policy: Optional[Policy] = None, progress: bool = True, stream=None,
+          **run_kw):
+    """Train SAC; returns (final ``OffPolicyState``, metrics) — see ``offpolicy.train``."""
+    hparams = config.hparams() if hparams is None else hparams
+    if not isinstance(hparams, HParams):
+        raise TypeError(f"hparams must be a sac.HParams, got {type(hparams).__name__}")
+    check_hparams(hparams)
+    agent = make_agent(config, env=env, policy=policy)
+    return OP.train(agent, config, key, hparams, progress=progress, stream=stream, **run_kw)
+
+
+__all__ = ["SACConfig", "HParams", "SACLearner", "sac_actor_loss", "soft_targets", "temperature_loss",
+           "make_algo", "make_agent", "make_train_fn", "train", "validate"]

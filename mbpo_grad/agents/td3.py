@@ -1,0 +1,197 @@
+"""TD3: twin delayed DDPG (Fujimoto, van Hoof & Meger 2018).
+
+DDPG (``ddpg``) with three changes, each against over-estimation of Q:
+
+* twin critics, the minimum in the target (clipped double Q):
+      y = r + γ d min_{i=1,2} Q'_i(s', ã'),
+* target-policy smoothing: ã' = clip(π'(s') + clip(σ̃ ε, −c, c), −1, 1), ε ~ N(0, I)
+  (``target_noise`` = σ̃, ``target_noise_clip`` = c),
+* delayed updates: the actor and the target networks move once every ``policy_delay``
+  critic steps.
+
+Actor: ascend J_0(w) = mean_s Q_1(s, π_w(s)) (``ddpg.dpg_actor_loss`` with the first head,
+the engine's n = 0 objective, as in the paper). Exploration: a = clip(π(s) + σ ε, −1, 1),
+uncorrelated Gaussian noise (``explore_noise`` = σ).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Dict, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mbpo_grad import critics as C
+from mbpo_grad import exploration as X
+from mbpo_grad.agents import common
+from mbpo_grad.agents import offpolicy as OP
+from mbpo_grad.agents.common import Agent
+from mbpo_grad.agents.ddpg import _policy_for, dpg_actor_loss
+from mbpo_grad.policies.base import Policy
+
+PyTree = Any
+
+
+class HParams(NamedTuple):
+    actor_lr: jax.Array
+    critic_lr: jax.Array
+    gamma: jax.Array
+    tau: jax.Array
+    explore_noise: jax.Array
+    target_noise: jax.Array
+    target_noise_clip: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class TD3Config(OP.OffPolicyConfig):
+    """``OffPolicyConfig`` + ``policy_delay`` (static) + float hyper-parameter defaults.
+
+    ``updates_per_iteration`` counts critic steps; the actor and targets update on every
+    ``policy_delay``-th one (the count runs across iterations).
+    """
+
+    HPARAMS: ClassVar[Any] = HParams
+    policy_delay: int = 2
+    actor_lr: float = 1e-3
+    critic_lr: float = 1e-3
+    gamma: float = 0.99
+    tau: float = 0.005
+    explore_noise: float = 0.1
+    target_noise: float = 0.2
+    target_noise_clip: float = 0.5
+
+
+class TD3Learner(NamedTuple):
+    actor: PyTree
+    critic: PyTree           # twin: leaves with a leading axis 2
+    actor_target: PyTree
+    critic_target: PyTree
+    actor_opt: PyTree
+    critic_opt: PyTree
+    step: jax.Array          # critic updates so far (int32)
+
+
+def smoothed_target_actions(policy: Policy, actor_target: PyTree, next_obs: jax.Array, eps: jax.Array,
+                            target_noise: Any, target_noise_clip: Any) -> jax.Array:
+    """ã' = clip(π'(s') + clip(σ̃ ε, −c, c), −1, 1) for a batch: next_obs [B, d], eps [B, act_dim]."""
+    a = jax.vmap(lambda o: policy.sample(actor_target, o, None))(next_obs)
+    c = jnp.asarray(target_noise_clip, a.dtype)
+    noise = jnp.clip(jnp.asarray(target_noise, a.dtype) * eps, -c, c)
+    return jnp.clip(a + noise, -1.0, 1.0)
+
+
+def td3_targets(policy: Policy, twin: Any, actor_target: PyTree, critic_target: PyTree,
+                batch: Dict[str, jax.Array], eps: jax.Array, gamma: Any, target_noise: Any,
+                target_noise_clip: Any) -> jax.Array:
+    """y = r + γ d min_i Q'_i(s', ã') with the smoothed target actions ã' (``eps`` ~ N(0, I), [B, act_dim])."""
+    a_next = smoothed_target_actions(policy, actor_target, batch["next_obs"], eps, target_noise, target_noise_clip)
+    q_next = jax.vmap(lambda o, a: C.twin_min(twin, critic_target, o, a))(batch["next_obs"], a_next)
+    return batch["reward"] + gamma * batch["discount"] * q_next
+
+
+def first_head(twin_params: PyTree) -> PyTree:
+    """The parameters of Q_1 in a ``twin_q`` parameter tree."""
+    return jax.tree_util.tree_map(lambda x: x[0], twin_params)
+
+
+def check_hparams(hp):
+    OP.check_hparams(hp, unit=("gamma", "tau"), positive=("actor_lr", "critic_lr"),
+                     nonneg=("explore_noise", "target_noise", "target_noise_clip"))
+
+
+def validate(config: TD3Config, env=None):
+    env, episode_length = OP.validate(config, TD3Config, env)
+    OP.pos_int(config.policy_delay, "policy_delay")
+    check_hparams(config)
+    return env, episode_length
+
+
+def make_algo(config: TD3Config, env, policy: Optional[Policy] = None) -> OP.OffPolicyAlgo:
+    policy = _policy_for(env, config, policy)
+    twin = C.twin_q(env.obs_size, env.action_size, config.critic_hidden)
+    single = C.q_critic(env.obs_size, env.action_size, config.critic_hidden)
+    U, bs, delay = int(config.updates_per_iteration), int(config.batch_size), int(config.policy_delay)
+    act_dim = env.action_size
+
+    def init(key, hp):
+        ka, kc = jax.random.split(key)
+        ap, cp = policy.init(ka), twin.init(kc)
+        return TD3Learner(ap, cp, ap, cp, OP.adam(hp.actor_lr).init(ap), OP.adam(hp.critic_lr).init(cp),
+                          jnp.zeros((), jnp.int32))
+
+    def explore_init(n):
+        return ()
+
+    def act(learner, obs, carry, key, hp):
+        a = jax.vmap(lambda o: policy.sample(learner.actor, o, None))(obs)
+        noise = X.gaussian_noise(key, a.shape, hp.explore_noise)
+        return jnp.clip(a + noise, -1.0, 1.0), carry
+
+    def explore_reset(carry, mask):
+        return carry
+
+    def greedy(learner, obs, hp):
+        return policy.sample(learner.actor, obs, None)
+
+    def one_update(l: TD3Learner, xs, hp):
+        batch, key = xs
+        eps = jax.random.normal(key, (bs, act_dim))
+        y = td3_targets(policy, twin, l.actor_target, l.critic_target, batch, eps, hp.gamma, hp.target_noise,
+                        hp.target_noise_clip)
+        c_loss, g = jax.value_and_grad(lambda p: C.q_loss(twin, p, batch["obs"], batch["action"], y))(l.critic)
+        upd, c_opt = OP.adam(hp.critic_lr).update(g, l.critic_opt, l.critic)
+        cp = optax.apply_updates(l.critic, upd)
+        step = l.step + 1
+
+        def actor_and_targets(args):
+            ap, a_opt, at, ct = args
+            loss, g = jax.value_and_grad(
+                lambda p: dpg_actor_loss(policy, single.apply, p, first_head(cp), batch["obs"]))(ap)
+            upd, a_opt = OP.adam(hp.actor_lr).update(g, a_opt, ap)
+            ap = optax.apply_updates(ap, upd)
+            return (ap, a_opt, C.polyak(at, ap, hp.tau), C.polyak(ct, cp, hp.tau)), loss
+
+        def hold(args):
+            return args, jnp.zeros((), jnp.float32)
+
+        (ap, a_opt, at, ct), a_loss = jax.lax.cond(
+            step % delay == 0, actor_and_targets, hold, (l.actor, l.actor_opt, l.actor_target, l.critic_target))
+        l = TD3Learner(ap, cp, at, ct, a_opt, c_opt, step)
+        return l, {"critic_loss": c_loss, "actor_loss": a_loss, "actor_updated": (step % delay == 0),
+                   "q_mean": jnp.mean(y)}
+
+    def learn(learner, buf, hp, key):
+        kb, kn = jax.random.split(key)
+        batches = OP.sample_batches(buf, kb, U, bs)
+        learner, m = jax.lax.scan(lambda l, xs: one_update(l, xs, hp), learner, (batches, jax.random.split(kn, U)))
+        n_act = jnp.maximum(jnp.sum(m["actor_updated"]), 1)
+        return learner, {"critic_loss": jnp.mean(m["critic_loss"]), "actor_loss": jnp.sum(m["actor_loss"]) / n_act,
+                         "q_mean": jnp.mean(m["q_mean"])}
+
+    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, greedy, learn, "td3")
+
+
+def make_agent(config: TD3Config, *, env=None, policy: Optional[Policy] = None) -> Agent:
+    env, episode_length = validate(config, env)
+    return OP.make_agent(config, make_algo(config, env, policy), env, episode_length)
+
+
+def make_train_fn(config: TD3Config, *, env=None, policy: Optional[Policy] = None):
+    return common.make_train_fn(make_agent(config, env=env, policy=policy), config.iterations, config.eval_every)
+
+
+def train(config: TD3Config, key: jax.Array, *, hparams: Optional[HParams] = None, env=None,
+          policy: Optional[Policy] = None, progress: bool = True, stream=None,
+          **run_kw):
+    """Train TD3; returns (final ``OffPolicyState``, metrics) — see ``offpolicy.train``."""
+    hparams = config.hparams() if hparams is None else hparams
+    if not isinstance(hparams, HParams):
+        raise TypeError(f"hparams must be a td3.HParams, got {type(hparams).__name__}")
+    check_hparams(hparams)
+    agent = make_agent(config, env=env, policy=policy)
+    return OP.train(agent, config, key, hparams, progress=progress, stream=stream, **run_kw)
+
+
+__all__ = ["TD3Config", "HParams", "TD3Learner", "smoothed_target_actions", "td3_targets", "first_head",
+           "make_algo", "make_agent", "make_train_fn", "train", "validate"]
