@@ -109,7 +109,7 @@ def test_alive_mask_and_zeroed_rewards():
     traj = mg.unroll(lambda w, s, e: w * jnp.ones(1), jnp.float32(0.5), counter_step, lambda s, a: 1.0 + s[0],
                      jnp.array([0.0, 0.0]), horizon=6, done=done_at_three)
     # s_0..s_6 have counters 0..6; s_3 is the first terminal state.
-    np.testing.assert_array_equal(traj.states[:, 0], np.arange(7.0))  # values continue past the end
+    np.testing.assert_array_equal(traj.states[:, 0], [0, 1, 2, 3, 3, 3, 3])  # frozen at the terminal state s_3
     np.testing.assert_array_equal(traj.alive, [1, 1, 1, 0, 0, 0, 0])
     np.testing.assert_array_equal(traj.rewards, [1.0, 2.0, 3.0, 0.0, 0.0, 0.0])
 
