@@ -48,6 +48,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import jax
@@ -64,6 +65,20 @@ _TMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
 _ARRAYS = "arrays.npz"
 _META = "meta.json"
+# Crash-test hook for programs that save (e.g. ``experiments.train``): with
+# MBPO_GRAD_CHECKPOINT_PAUSE="<step>:<seconds>" the save of that step sleeps after writing
+# arrays.npz into its temporary folder, so a test can SIGKILL the process at a known point
+# mid-write. Unset (always, outside such tests) it does nothing.
+_PAUSE_ENV = "MBPO_GRAD_CHECKPOINT_PAUSE"
+
+
+def _test_pause(step: int) -> None:
+    spec = os.environ.get(_PAUSE_ENV)
+    if not spec:
+        return
+    want, _, seconds = spec.partition(":")
+    if int(want) == step:
+        time.sleep(float(seconds or 60.0))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -328,6 +343,7 @@ def save(directory: Any, step: int, state: PyTree, *, config: Dict[str, Any], ke
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        _test_pause(step)
         meta = {
             "format_version": FORMAT_VERSION,
             "step": step,

@@ -66,6 +66,8 @@ def _validate(policy, step, reward, states, horizon, gamma, bootstrap, policy_no
     V.check_callable(bootstrap, "bootstrap", "bootstrap(state, action) -> scalar", optional=True)
     V.check_callable(done, "done", "done(state) -> bool", optional=True)
     V.check_unit_interval(gamma, "gamma")
+    if jnp.ndim(gamma) != 0:
+        raise ValueError(f"gamma must be a scalar (vmap over several), got shape {jnp.shape(gamma)}")
     batch = V.check_states(states, "states")
     V.check_noise(policy_noise, "policy_noise", horizon + 1, batch, "horizon+1")
     V.check_noise(dynamics_noise, "dynamics_noise", horizon, batch, "horizon")

@@ -16,7 +16,8 @@ Two drivers run an agent and give the same numbers:
   ``lax.scan`` over blocks of ``eval_every`` iterations with an evaluation after each
   block): jit it, vmap it over seeds and hyper-parameters (``mg.sweep``).
 * ``run(agent, key, hparams, ...)`` → the same computation driven block by block from
-  Python, printing a progress line after each block.
+  Python, printing a progress line after each block; ``on_block`` sees a ``RunProgress``
+  after each block (checkpoints, health checks) and ``resume=`` continues from one.
 
 Helpers for agents on a differentiable env: ``TimedState`` (an env state plus its step count
 within the episode, so time limits are truncations the critic bootstraps over),
@@ -107,6 +108,21 @@ def _check_loop(iterations, eval_every):
     return int(iterations), int(min(eval_every, iterations))
 
 
+class RunProgress(NamedTuple):
+    """Where a block-by-block ``run`` stands after a block (what a checkpoint holds).
+
+    iteration: iterations done (a block boundary); state: the agent's train state;
+    metrics: dict of NumPy arrays [iteration] (every block so far); eval_iteration /
+    eval_return: NumPy arrays [blocks done], the evaluation after each block.
+    """
+
+    iteration: int
+    state: PyTree
+    metrics: Dict[str, np.ndarray]
+    eval_iteration: np.ndarray
+    eval_return: np.ndarray
+
+
 def run(
     agent: Agent,
     key: jax.Array,
@@ -117,8 +133,17 @@ def run(
     progress: bool = True,
     describe: Optional[Callable[[int, Dict[str, float], float], str]] = None,
     stream=None,
+    on_block: Optional[Callable[[RunProgress], None]] = None,
+    resume: Optional[RunProgress] = None,
 ):
     """Run ``agent`` block by block (the computation of ``make_train_fn``), printing progress.
+
+    on_block: called with the ``RunProgress`` after every block (after the progress line):
+      checkpointing, host-side health checks; an exception it raises stops the run.
+    resume: a ``RunProgress`` from an earlier run of the same agent, key, hyper-parameters,
+      ``iterations`` and ``eval_every`` (e.g. restored from a checkpoint): the run continues
+      after its last block and gives the metrics of an uninterrupted run (the per-iteration
+      keys are split from ``key`` up front, so they do not depend on where it stopped).
 
     Returns (state, metrics: dict of NumPy arrays [iterations], evals: dict with
     ``iteration`` and ``eval_return`` arrays [n_blocks], plus ``wall_s``).
@@ -128,10 +153,17 @@ def run(
     k_init, k_iter, k_eval = _split_keys(key, iterations, eval_every)
     block = jax.jit(_block_fn(agent))
     t0 = time.perf_counter()
-    state = jax.jit(agent.init)(k_init, hparams)
-    chunks, eval_returns, eval_its = [], [], []
-    done = 0
-    for b in range(len(k_eval)):
+    if resume is None:
+        state = jax.jit(agent.init)(k_init, hparams)
+        chunks, eval_returns, eval_its = [], [], []
+        done, first = 0, 0
+    else:
+        done, first = _check_resume(resume, iterations, eval_every)
+        state = resume.state
+        chunks = [dict(resume.metrics)] if done else []
+        eval_returns = [float(x) for x in np.asarray(resume.eval_return)]
+        eval_its = [int(x) for x in np.asarray(resume.eval_iteration)]
+    for b in range(first, len(k_eval)):
         ks = k_iter[done: done + eval_every]
         state, m, e = block(state, hparams, ks, k_eval[b])
         done += ks.shape[0]
@@ -143,18 +175,47 @@ def run(
             last = {k: float(np.asarray(v)[-1]) for k, v in m.items()}
             line = describe(done, last, float(e)) if describe else _default_line(done, iterations, last, float(e))
             print(f"{line}  [{time.perf_counter() - t0:6.1f}s]", file=stream, flush=True)
-    metrics = {k: np.concatenate([np.asarray(c[k]) for c in chunks], 0) for k in chunks[0]}
-    evals = {"iteration": np.asarray(eval_its), "eval_return": np.asarray(eval_returns),
+        if on_block is not None:
+            on_block(RunProgress(done, state, _concat(chunks), np.asarray(eval_its, np.int64),
+                                 np.asarray(eval_returns, np.float64)))
+    metrics = _concat(chunks)
+    evals = {"iteration": np.asarray(eval_its, np.int64), "eval_return": np.asarray(eval_returns, np.float64),
              "wall_s": time.perf_counter() - t0}
     return state, metrics, evals
 
 
+def _concat(chunks):
+    if len(chunks) == 1:
+        return {k: np.asarray(v) for k, v in chunks[0].items()}
+    return {k: np.concatenate([np.asarray(c[k]) for c in chunks], 0) for k in chunks[0]}
+
+
+def _check_resume(resume, iterations, eval_every):
+    if not isinstance(resume, RunProgress):
+        raise TypeError(f"resume must be a RunProgress, got {type(resume).__name__}")
+    done = int(resume.iteration)
+    n_blocks = len(np.asarray(resume.eval_iteration))
+    expected = [min((b + 1) * eval_every, iterations) for b in range(n_blocks)]
+    if done < 0 or done > iterations or list(np.asarray(resume.eval_iteration)) != expected or (
+            n_blocks and expected[-1] != done) or (not n_blocks and done):
+        raise ValueError(
+            f"resume: iteration {done} with evaluations at {list(np.asarray(resume.eval_iteration))} is not a block "
+            f"boundary of this run (iterations={iterations}, eval_every={eval_every})"
+        )
+    for k, v in resume.metrics.items():
+        if np.shape(v)[:1] != (done,):
+            raise ValueError(f"resume: metrics[{k!r}] has shape {np.shape(v)}, expected a leading axis of {done}")
+    return done, n_blocks
+
+
 def _default_line(it, iterations, last, eval_return):
     parts = [f"it {it:5d}/{iterations}"]
-    for k in ("env_steps", "episode_return", "actor_loss", "critic_loss", "grad_norm"):
+    for k in ("env_steps", "episode_return", "actor_loss", "critic_loss", "grad_norm", "skipped_updates",
+              "masked_envs"):
         if k in last:
             v = last[k]
-            parts.append(f"{k} {int(v):9d}" if k == "env_steps" else f"{k} {v:9.3f}")
+            parts.append(f"{k} {int(v):9d}" if k == "env_steps" else
+                         f"{k} {int(v)}" if k in ("skipped_updates", "masked_envs") else f"{k} {v:9.3f}")
     parts.append(f"eval_return {eval_return:9.2f}")
     return "  ".join(parts)
 
@@ -264,6 +325,6 @@ def stack_metrics(metrics: Dict[str, Any]) -> Dict[str, jax.Array]:
 
 
 __all__ = [
-    "Agent", "make_train_fn", "run", "lr_multiplier", "make_optimizer",
+    "Agent", "make_train_fn", "run", "RunProgress", "lr_multiplier", "make_optimizer",
     "TimedState", "timed_env", "reset_timed", "reset_where", "stack_metrics",
 ]

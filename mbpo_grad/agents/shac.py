@@ -19,6 +19,24 @@ One iteration, for ``num_envs`` environments stepped in parallel (``vmap``):
 4. log — observation statistics are updated with the window's states; envs whose
    episode ended are reset; per-iteration metrics are reduced on device.
 
+Guards (issue 6: non-finite or exploding gradients never reach the parameters). With the
+default ``guard="per_env"`` step 1 differentiates each env's window return on its own
+(``vmap`` of ``value_and_grad`` over envs) and averages the gradients of the envs whose return
+and gradient are finite and whose gradient norm is at most ``max_grad_norm_to_skip``
+(``guards.masked_grad_mean``; masking a NaN *return* alone would not do: reverse mode
+multiplies its zero cotangent by the env's NaN Jacobians). The actor optimiser is wrapped in
+``guards.skip_nonfinite``: an update whose (masked) gradient is non-finite or above the
+threshold, or that has no env left, changes neither parameters nor Adam moments; the critic
+optimiser likewise skips non-finite steps. Masked envs (or envs whose window states or
+rewards are non-finite) are left out of the critic targets, the observation statistics and the
+episode returns, and are reset. Metrics ``skipped_updates``, ``total_skipped``,
+``masked_envs``, ``grad_norm`` (before clipping), ``max_env_grad_norm``, ``reset_envs`` and
+``critic_skipped`` count it all; the progress line shows them. ``train`` stops with
+``guards.SkipRateExceeded`` (a message naming the likely cause — horizon too long, float32
+through contacts — and the remedies) when the skip rate stays above ``skip_threshold``.
+``x64=True`` runs everything in float64. ``train(..., checkpoint_dir=, checkpoint_every=,
+resume=)`` writes and resumes atomic checkpoints.
+
 ``use_critic=False`` drops the bootstrap and the critic; with ``horizon = episode_length``
 every iteration is one whole episode from reset: backprop policy optimisation (BPO,
 theory §1), which suffers the exploding / vanishing gradients of long horizons that the
@@ -43,7 +61,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mbpo_grad import checkpoint as ckpt
 from mbpo_grad import critics as C
+from mbpo_grad import guards
 from mbpo_grad import normalizer as N
 from mbpo_grad.agents import common
 from mbpo_grad.agents.common import Agent, TimedState
@@ -54,6 +74,7 @@ from mbpo_grad.policies.deterministic import deterministic
 PyTree = Any
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
+GUARDS = ("per_env", "batch")
 
 
 class HParams(NamedTuple):
@@ -78,6 +99,19 @@ class SHACConfig:
     stagger: start env b at episode step ⌊b·episode_length/num_envs⌋ (its first episode is
       shorter), so the envs' episodes are out of phase and every window mixes early
       (swing-up) and late (balancing) states. Ignored when a window spans the whole episode.
+    guard: "per_env" (default) differentiates each env's window return separately
+      (``vmap`` of ``grad``; memory num_envs × |actor params|) and averages the gradients of
+      the envs whose return and gradient are finite and whose gradient norm is at most
+      ``max_grad_norm_to_skip`` (``guards.masked_grad_mean``): a NaN or an explosion in one env
+      costs that env, not the update. "batch" takes the gradient of the batch mean (one
+      backward pass, cheapest for big actors); any bad env then makes the whole update skip.
+    max_grad_norm_to_skip: an actor update whose gradient norm (before clipping) is non-finite
+      or above this is skipped: no parameter or Adam-moment change (``guards.skip_nonfinite``).
+    skip_window, skip_threshold: ``train`` stops with ``guards.SkipRateExceeded`` when more than
+      ``skip_threshold`` of the last ``skip_window`` updates were unhealthy (skipped, or more
+      than half of the envs masked); checked after each block of ``eval_every`` iterations.
+    x64: run in float64 (parameters, normaliser, env states; Brax / MJX envs are built with
+      ``x64=True``). Needs ``jax_enable_x64`` on before any array is created.
 
     Defaults follow the SHAC paper's cart-pole setting (actor lr 1e-2, critic lr 1e-3, Adam
     betas (0.7, 0.95), λ = 0.95, γ = 0.99, τ = 0.8, clip 1.0, linear decay, n = 32) at a CPU
@@ -103,6 +137,12 @@ class SHACConfig:
     eval_every: int = 50
     eval_envs: int = 32
     remat: bool = False
+    # reliability (see "Guards" in the module docstring)
+    guard: str = "per_env"
+    max_grad_norm_to_skip: float = 1e6
+    skip_window: int = 20
+    skip_threshold: float = 0.5
+    x64: bool = False
     # float hyper-parameters (defaults for HParams)
     actor_lr: float = 1e-2
     critic_lr: float = 1e-3
@@ -168,8 +208,16 @@ def validate(config: SHACConfig, env=None) -> Tuple[Any, int]:
     """Check the static config; returns (env, episode_length). Errors name the field."""
     if not isinstance(config, SHACConfig):
         raise TypeError(f"config must be a SHACConfig, got {type(config).__name__}")
+    if not isinstance(config.x64, bool):
+        raise TypeError(f"x64 must be a bool, got {type(config.x64).__name__}")
+    if config.x64 and not jax.config.jax_enable_x64:
+        raise ValueError(
+            "x64=True needs 64-bit JAX: call jax.config.update('jax_enable_x64', True) before creating any "
+            "array (experiments.train --x64 does), or build and run inside `with jax.enable_x64(True):`"
+        )
     if env is None:
-        env = _make_env(config.env)
+        simulator = isinstance(config.env, str) and config.env.split(":")[0] in ("brax", "mjx")
+        env = _make_env(config.env, **({"x64": True} if config.x64 and simulator else {}))
     episode_length = config.episode_length if config.episode_length is not None else env.episode_length
     episode_length = _pos_int(episode_length, "episode_length")
     if isinstance(config.horizon, bool) or not isinstance(config.horizon, (int, np.integer)):
@@ -199,6 +247,14 @@ def validate(config: SHACConfig, env=None) -> Tuple[Any, int]:
         v = getattr(config, name)
         if not 0.0 <= v < 1.0:
             raise ValueError(f"{name} must lie in [0, 1), got {v}")
+    if config.guard not in GUARDS:
+        raise ValueError(f"guard must be one of {GUARDS}, got {config.guard!r}")
+    thr = config.max_grad_norm_to_skip
+    if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not thr > 0:
+        raise ValueError(f"max_grad_norm_to_skip must be a float > 0 (inf never skips a finite gradient), got {thr!r}")
+    _pos_int(config.skip_window, "skip_window")
+    if not isinstance(config.skip_threshold, (int, float)) or not 0.0 <= config.skip_threshold < 1.0:
+        raise ValueError(f"skip_threshold must lie in [0, 1), got {config.skip_threshold!r}")
     _check_hparam_values(config)
     return env, episode_length
 
@@ -248,30 +304,41 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
     n_mb = int(config.critic_minibatches)
     mb_size = (n * B) // n_mb
     critic_steps = int(config.critic_iterations) * n_mb
+    fdtype = jnp.float64 if config.x64 else jnp.float32
+    per_env = config.guard == "per_env"
+    skip_norm = float(config.max_grad_norm_to_skip)
 
     def actor_opt(hp):
-        return common.make_optimizer(hp.actor_lr, hp.max_grad_norm, total_steps=config.iterations,
-                                     schedule=config.lr_schedule, b1=config.adam_b1, b2=config.adam_b2)
+        return guards.skip_nonfinite(
+            common.make_optimizer(hp.actor_lr, hp.max_grad_norm, total_steps=config.iterations,
+                                  schedule=config.lr_schedule, b1=config.adam_b1, b2=config.adam_b2),
+            max_grad_norm_to_skip=skip_norm)
 
     def critic_opt(hp):
         # SHAC clips only the actor's gradient; the critic's lr follows the same schedule.
-        return common.make_optimizer(hp.critic_lr, 0.0, total_steps=config.iterations * critic_steps,
-                                     schedule=config.lr_schedule, b1=config.adam_b1, b2=config.adam_b2)
+        # A non-finite critic gradient (it should not happen: bad envs are weighted out) is skipped.
+        return guards.skip_nonfinite(
+            common.make_optimizer(hp.critic_lr, 0.0, total_steps=config.iterations * critic_steps,
+                                  schedule=config.lr_schedule, b1=config.adam_b1, b2=config.adam_b2))
 
     def observe(stats, ts):
         obs = env.observe(ts.env_state)
         return N.normalize(stats, obs) if config.obs_norm else obs
 
+    def to_float(tree):
+        return jax.tree_util.tree_map(
+            lambda x: x.astype(fdtype) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x, tree)
+
     def init(key, hp):
         k_pol, k_crit, k_env = jax.random.split(key, 3)
-        pp = policy.init(k_pol)
-        cp = critic.init(k_crit)
+        pp = to_float(policy.init(k_pol))
+        cp = to_float(critic.init(k_crit))
         ts = common.reset_timed(env, jax.random.split(k_env, B))
         if config.stagger and n < episode_length:
             ts = ts._replace(t=(jnp.arange(B) * episode_length // B).astype(jnp.int32))
-        zeros = jnp.zeros((B,), jnp.float32)
+        zeros = jnp.zeros((B,), fdtype)
         return SHACState(
-            pp, cp, cp, actor_opt(hp).init(pp), critic_opt(hp).init(cp), N.init(env.obs_size), ts,
+            pp, cp, cp, actor_opt(hp).init(pp), critic_opt(hp).init(cp), N.init(env.obs_size, fdtype), ts,
             zeros, zeros, jnp.zeros((B,), bool), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
         )
 
@@ -280,8 +347,8 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
         stats = state.obs_stats
         policy_noise = None
         if stochastic:
-            policy_noise = jax.random.normal(k_eps, (n + 1, B) + tuple(policy.noise_shape))
-        dynamics_noise = jax.random.normal(k_xi, (n, B) + tuple(env.noise_shape)) if dyn_noise else None
+            policy_noise = jax.random.normal(k_eps, (n + 1, B) + tuple(policy.noise_shape), fdtype)
+        dynamics_noise = jax.random.normal(k_xi, (n, B) + tuple(env.noise_shape), fdtype) if dyn_noise else None
 
         def pi(params, ts, eps):
             return policy.sample(params, observe(stats, ts), eps)
@@ -292,45 +359,93 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
         bootstrap = (lambda ts, a: value(state.target_params, ts)) if config.use_critic else None
         gamma = hp.gamma
 
-        # ---- collect + actor objective
-        def actor_loss(pp):
+        # ---- collect + actor objective, one env (no batch axis): its window return
+        def env_return(pp, ts0, eps, xi):
+            one = lambda tree, axis: None if tree is None else jax.tree_util.tree_map(
+                lambda x: jnp.expand_dims(x, axis), tree)
             rets, traj = pathwise_returns(
-                pi, pp, step, reward, state.env_state, horizon=n, gamma=gamma, bootstrap=bootstrap,
-                policy_noise=policy_noise, dynamics_noise=dynamics_noise, done=done, remat=config.remat,
+                pi, pp, step, reward, one(ts0, 0), horizon=n, gamma=gamma, bootstrap=bootstrap,
+                policy_noise=one(eps, 1), dynamics_noise=one(xi, 1), done=done, remat=config.remat,
             )
+            ret, traj = rets[0], jax.tree_util.tree_map(lambda x: x[0], traj)
             if config.use_critic:
                 # Time-limit truncations inside the window: + γ^k V'(s_k) at the cut (k = 1..n).
-                v_all = jax.vmap(jax.vmap(lambda s: value(state.target_params, s)))(traj.states)
-                term = jax.vmap(jax.vmap(terminal))(traj.states).astype(v_all.dtype)
-                cut = traj.alive[:, :-1] * (1.0 - traj.alive[:, 1:]) * (1.0 - term[:, 1:])
+                v_all = jax.vmap(lambda s: value(state.target_params, s))(traj.states)
+                term = jax.vmap(terminal)(traj.states).astype(v_all.dtype)
+                cut = traj.alive[:-1] * (1.0 - traj.alive[1:]) * (1.0 - term[1:])
                 disc = gamma ** jnp.arange(1, n + 1, dtype=v_all.dtype)
-                rets = rets + jnp.sum(cut * disc * v_all[:, 1:], axis=1)
-            return -jnp.mean(rets) / n, (traj, rets)
+                ret = ret + jnp.sum(cut * disc * v_all[1:])
+            return ret, traj
 
-        (a_loss, (traj, rets)), grads = jax.value_and_grad(actor_loss, has_aux=True)(state.policy_params)
-        grad_norm = optax.tree.norm(grads)
-        updates, a_opt = actor_opt(hp).update(grads, state.actor_opt, state.policy_params)
-        pp = optax.apply_updates(state.policy_params, updates)
+        in_axes = (None, 0, None if policy_noise is None else 1, None if dynamics_noise is None else 1)
+        params = state.policy_params
+        if per_env:
+            def env_loss(pp, ts0, eps, xi):
+                ret, traj = env_return(pp, ts0, eps, xi)
+                return -ret / n, (traj, ret)
+
+            (env_losses, (traj, rets)), env_grads = jax.vmap(jax.value_and_grad(env_loss, has_aux=True), in_axes=in_axes)(
+                params, state.env_state, policy_noise, dynamics_noise)
+            env_norms = jax.vmap(guards.safe_global_norm)(env_grads)                        # [B]
+            # An exploding env counts like a non-finite one: its value is NaN for the mask.
+            checked = jnp.where(env_norms <= skip_norm, rets, jnp.nan)
+            keep = guards.finite_mask(env_grads) & jnp.isfinite(checked)
+            grads, masked = guards.masked_grad_mean(env_grads, values=checked)
+            max_env_norm = jnp.max(env_norms)                                                # NaN if any is NaN
+            all_masked = masked == B
+            loss = guards.masked_mean(jnp.where(keep, env_losses, jnp.nan))[0]
+        else:
+            def batch_loss(pp):
+                rets, traj = jax.vmap(env_return, in_axes=in_axes)(pp, state.env_state, policy_noise, dynamics_noise)
+                return -jnp.mean(rets) / n, (traj, rets)
+
+            # A NaN return can come with a finite gradient (a fault in the last transition only
+            # reaches the bootstrap value), so the loss is checked too (``value=``).
+            (loss, (traj, rets)), grads = jax.value_and_grad(batch_loss, has_aux=True)(params)
+            keep = jnp.isfinite(rets)
+            masked = (B - jnp.sum(keep)).astype(jnp.int32)
+            max_env_norm = guards.safe_global_norm(grads)
+            all_masked = jnp.zeros((), bool)
+        updates, a_opt = actor_opt(hp).update(grads, state.actor_opt, params, skip=all_masked, value=loss)
+        pp = optax.apply_updates(params, updates)
+        actor_stats = guards.skip_stats(a_opt)
         traj = jax.lax.stop_gradient(traj)
-        live = traj.alive[:, :-1]  # [B, n]
+
+        # Envs whose window is unusable (masked, or any state / reward non-finite) feed neither
+        # the critic nor the normaliser nor the episode statistics, and are reset below.
+        def finite_rows(tree):  # [B] over every floating leaf with leading axis B
+            out = jnp.ones((B,), bool)
+            for x in jax.tree_util.tree_leaves(tree):
+                if jnp.issubdtype(x.dtype, jnp.inexact):
+                    out = out & jnp.all(jnp.isfinite(x.reshape((B, -1))), axis=1)
+            return out
+
+        ok = keep & finite_rows(traj.states) & finite_rows(traj.rewards)                    # [B]
+        okf = ok.astype(fdtype)
+        live = traj.alive[:, :-1] * okf[:, None]  # [B, n]: live steps of usable envs
+        rewards = jnp.where(ok[:, None], traj.rewards, 0.0)
+        a_loss = -guards.masked_mean(jnp.where(ok, rets, jnp.nan))[0] / n
 
         # ---- targets + critic step
-        cp, tp, c_opt, c_loss = state.critic_params, state.target_params, state.critic_opt, jnp.zeros(())
+        cp, tp, c_opt, c_loss = state.critic_params, state.target_params, state.critic_opt, jnp.zeros((), fdtype)
+        critic_skipped = jnp.zeros((), jnp.int32)
         if config.use_critic:
             obs = jax.vmap(jax.vmap(lambda s: observe(stats, s)))(traj.states)          # [B, n+1, d]
+            obs = jnp.where(ok[:, None, None], obs, 0.0)
             v_targ = jax.vmap(jax.vmap(lambda o: critic.apply(state.target_params, o)))(obs)
             term = jax.vmap(jax.vmap(terminal))(traj.states)
             targets = jax.vmap(C.td_lambda_targets, in_axes=(0, 0, 0, 0, None, None))(
-                traj.rewards, v_targ, traj.alive, term, gamma, hp.lam)                     # [B, n]
+                rewards, v_targ, traj.alive, term, gamma, hp.lam)                          # [B, n]
             x = obs[:, :-1].reshape((n * B, -1))
-            y = targets.reshape((n * B,))
+            y = jnp.where(live > 0, targets, 0.0).reshape((n * B,))
             w = live.reshape((n * B,))
             opt = critic_opt(hp)
+            skipped_before = state.critic_opt.total_skipped
 
             def minibatch(carry, idx):
                 params, ostate = carry
                 loss, g = jax.value_and_grad(lambda p: C.v_loss(critic, p, x[idx], y[idx], w[idx]))(params)
-                upd, ostate = opt.update(g, ostate, params)
+                upd, ostate = opt.update(g, ostate, params, value=loss)
                 return (optax.apply_updates(params, upd), ostate), loss
 
             def epoch(carry, k):
@@ -339,6 +454,7 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
 
             (cp, c_opt), losses = jax.lax.scan(epoch, (cp, c_opt), jax.random.split(k_crit, config.critic_iterations))
             c_loss = jnp.mean(losses[-1])
+            critic_skipped = (c_opt.total_skipped - skipped_before).astype(jnp.int32)
             tp = C.polyak(tp, cp, hp.tau)
 
         # ---- bookkeeping: obs statistics, episode returns, resets
@@ -346,15 +462,17 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
         if config.obs_norm:
             raw = jax.vmap(jax.vmap(lambda s: env.observe(s.env_state)))(
                 jax.tree_util.tree_map(lambda a: a[:, :-1], traj.states))
+            raw = jnp.where(ok[:, None, None], raw, 0.0)
             new_stats = N.update(stats, raw, live)
-        acc = state.ep_return + jnp.sum(traj.rewards, axis=1)
+        acc = state.ep_return + jnp.sum(rewards, axis=1)
         ended = traj.alive[:, -1] <= 0
-        last_return = jnp.where(ended, acc, state.last_return)
-        finished = state.finished | ended
-        ep_return = jnp.where(ended, 0.0, acc)
+        counted = ended & ok
+        last_return = jnp.where(counted, acc, state.last_return)
+        finished = state.finished | counted
+        ep_return = jnp.where(ended | ~ok, 0.0, acc)            # a bad env's episode is abandoned
         s_n = jax.tree_util.tree_map(lambda a: a[:, -1], traj.states)
-        env_state = common.reset_where(env, s_n, ended, k_reset)
-        env_steps = state.env_steps + jnp.sum(live).astype(jnp.int32)
+        env_state = common.reset_where(env, s_n, ended | ~ok, k_reset)
+        env_steps = state.env_steps + jnp.sum(traj.alive[:, :-1]).astype(jnp.int32)
         n_fin = jnp.sum(finished)
         episode_return = jnp.where(n_fin > 0, jnp.sum(jnp.where(finished, last_return, 0.0)) / jnp.maximum(n_fin, 1),
                                    jnp.nan)
@@ -363,11 +481,17 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
         metrics = common.stack_metrics({
             "env_steps": env_steps,
             "episode_return": episode_return,
-            "window_return": jnp.mean(rets),
-            "reward_per_step": jnp.sum(traj.rewards) / jnp.maximum(jnp.sum(live), 1.0),
+            "window_return": guards.masked_mean(jnp.where(ok, rets, jnp.nan))[0],
+            "reward_per_step": jnp.sum(rewards) / jnp.maximum(jnp.sum(live), 1.0),
             "actor_loss": a_loss,
             "critic_loss": c_loss,
-            "grad_norm": grad_norm,
+            "grad_norm": actor_stats["grad_norm"],
+            "max_env_grad_norm": max_env_norm,
+            "skipped_updates": actor_stats["skipped_updates"],
+            "total_skipped": actor_stats["total_skipped"],
+            "masked_envs": masked,
+            "reset_envs": jnp.sum(~ok).astype(jnp.int32),
+            "critic_skipped": critic_skipped,
         })
         return new_state, metrics
 
@@ -382,11 +506,12 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
             obs = N.normalize(stats, obs) if config.obs_norm else obs
             return policy.sample(params, obs, None)
 
-        xi = (jax.random.normal(k_xi, (episode_length, config.eval_envs) + tuple(env.noise_shape))
+        xi = (jax.random.normal(k_xi, (episode_length, config.eval_envs) + tuple(env.noise_shape), fdtype)
               if dyn_noise else None)
         traj = batched_unroll(pi, state.policy_params, env.step, env.reward, s0, horizon=episode_length,
                               dynamics_noise=xi, done=env.done, remat=config.remat)
-        return jnp.mean(jnp.sum(traj.rewards, axis=1))
+        # Episodes a simulator fault made non-finite are left out of the mean.
+        return guards.masked_mean(jnp.sum(traj.rewards, axis=1))[0]
 
     name = "shac" if config.use_critic else ("bpo" if n == episode_length else "truncated-bpo")
     return Agent(init, update, evaluate, name)
@@ -420,32 +545,122 @@ def make_sweep_fn(config: SHACConfig, *, env=None, policy: Optional[Policy] = No
     return fn
 
 
+def checkpoint_config(config: SHACConfig, key: jax.Array, hparams: HParams, *, env=None,
+                      policy: Optional[Policy] = None) -> Dict[str, Any]:
+    """The JSON dict a checkpoint is guarded by: the static config, the hyper-parameter values,
+    the seed key (every per-iteration key is split from it) and custom env / policy names."""
+    raw = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    return {
+        "shac": dataclasses.asdict(config),
+        "hparams": {k: np.asarray(v).tolist() for k, v in hparams._asdict().items()},
+        "key": np.asarray(raw).tolist(),
+        "env": None if env is None else env.name,
+        "policy": None if policy is None else policy.name,
+    }
+
+
+def _progress_target(agent: Agent, key, hparams, done: int, eval_every: int, iterations: int):
+    """A ``RunProgress`` with the shapes and dtypes of one saved after ``done`` iterations."""
+    state = jax.eval_shape(agent.init, key, hparams)
+    _, m = jax.eval_shape(agent.update, state, hparams, key)
+    n_blocks = len([b for b in range(-(-iterations // eval_every)) if min((b + 1) * eval_every, iterations) <= done])
+    return common.RunProgress(
+        done, state, {k: np.zeros((done,), v.dtype) for k, v in m.items()},
+        np.zeros((n_blocks,), np.int64), np.zeros((n_blocks,), np.float64),
+    )
+
+
 def train(config: SHACConfig, key: jax.Array, *, hparams: Optional[HParams] = None, env=None,
-          policy: Optional[Policy] = None, progress: bool = True, stream=None) -> Tuple[SHACState, Dict[str, Any]]:
+          policy: Optional[Policy] = None, progress: bool = True, stream=None,
+          checkpoint_dir: Optional[str] = None, checkpoint_every: Optional[int] = None,
+          resume: bool = False, keep_checkpoints: int = 2) -> Tuple[SHACState, Dict[str, Any]]:
     """Train SHAC (or BPO) and return (final state, metrics).
 
     metrics: per-iteration NumPy arrays (``env_steps``, ``episode_return`` — the mean return of
     each env's last finished training episode, NaN before any finished — ``window_return``,
-    ``reward_per_step``, ``actor_loss``, ``critic_loss``, ``grad_norm``), plus the evaluations
-    (deterministic policy, ``eval_envs`` fresh resets, full episodes) every ``eval_every``
-    iterations and at the end: ``eval_iteration``, ``eval_env_steps``, ``eval_return``; and
-    ``wall_s``. The final evaluation is ``metrics["eval_return"][-1]``.
+    ``reward_per_step``, ``actor_loss``, ``critic_loss``, ``grad_norm`` (the applied actor
+    gradient's norm before clipping), ``max_env_grad_norm`` (largest per-env norm, NaN/inf
+    when an env's gradient was non-finite; the batch norm under ``guard="batch"``),
+    ``skipped_updates`` (0/1), ``total_skipped``, ``masked_envs``, ``reset_envs`` (envs reset
+    because their window was unusable) and ``critic_skipped`` (critic minibatch steps skipped)),
+    plus the evaluations (deterministic policy, ``eval_envs`` fresh resets, full episodes)
+    every ``eval_every`` iterations and at the end: ``eval_iteration``, ``eval_env_steps``,
+    ``eval_return``; and ``wall_s``. The final evaluation is ``metrics["eval_return"][-1]``.
+
+    Checkpoints: with ``checkpoint_dir`` and ``checkpoint_every=K`` (a multiple of
+    ``eval_every``) everything needed to continue — the train state (parameters, optimiser
+    states, normaliser, env states, counters), the metrics and evaluations so far and the
+    iteration — is saved atomically (``mbpo_grad.checkpoint``, the newest ``keep_checkpoints``
+    kept) after iterations K, 2K, … and at the end, guarded by ``checkpoint_config``.
+    ``resume=True`` continues from the newest complete checkpoint there (from scratch when there
+    is none); the result equals an uninterrupted run's exactly. A checkpoint written under a
+    different config, hyper-parameters or seed is refused with ``ValueError``.
+
+    Raises:
+      guards.SkipRateExceeded: more than ``config.skip_threshold`` of the last
+        ``config.skip_window`` updates were unhealthy (skipped, or more than half of the envs
+        masked). The message names the likely causes and remedies; the exception carries
+        ``state`` (the last state: its parameters are finite, bad updates never reached them),
+        ``metrics`` and ``iteration``.
     """
     hparams = config.hparams() if hparams is None else hparams
     if not isinstance(hparams, HParams):
         raise TypeError(f"hparams must be a shac.HParams, got {type(hparams).__name__}")
     _check_hparam_values(hparams)
     agent = make_agent(config, env=env, policy=policy)
+    iterations = int(config.iterations)
+    eval_every = min(int(config.eval_every), iterations)
+    if checkpoint_every is not None:
+        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) or \
+                checkpoint_every < 1 or checkpoint_every % eval_every:
+            raise ValueError(f"checkpoint_every must be a positive multiple of eval_every ({eval_every}) "
+                             f"(checkpoints are taken between blocks), got {checkpoint_every!r}")
+        if checkpoint_dir is None:
+            raise ValueError("checkpoint_dir: needed with checkpoint_every")
+    if resume and checkpoint_dir is None:
+        raise ValueError("checkpoint_dir: resume=True needs the folder to resume from")
+    ckpt_cfg = checkpoint_config(config, key, hparams, env=env, policy=policy) if checkpoint_dir else None
+    B, dtype = int(config.num_envs), (np.float64 if config.x64 else np.float32)
+    monitor = guards.SkipMonitor(window=config.skip_window, threshold=config.skip_threshold,
+                                 horizon=int(config.horizon), dtype=dtype)
+    seen = [0]
+
+    def unhealthy(m, sl):
+        return (np.asarray(m["skipped_updates"][sl]) > 0) | (2 * np.asarray(m["masked_envs"][sl]) > B)
+
+    start = None
+    if resume:
+        done = ckpt.latest_step(checkpoint_dir)
+        if done is not None:
+            target = _progress_target(agent, key, hparams, done, eval_every, iterations)
+            _, start = ckpt.restore(checkpoint_dir, config=ckpt_cfg, step=done, target=target)
+            monitor.update(unhealthy(start.metrics, slice(0, done)), start.metrics["max_env_grad_norm"])
+            seen[0] = done
+
+    def on_block(prog: common.RunProgress):
+        sl = slice(seen[0], prog.iteration)
+        seen[0] = prog.iteration
+        msg = monitor.update(unhealthy(prog.metrics, sl), prog.metrics["max_env_grad_norm"][sl])
+        if msg:
+            err = guards.SkipRateExceeded(
+                f"[{agent.name}] training stopped at iteration {prog.iteration}/{iterations}: {msg} "
+                "(An update counts as skipped when it was skipped or more than half of its environments "
+                "were masked; the parameters were left finite.)")
+            err.state, err.metrics, err.iteration = prog.state, prog.metrics, prog.iteration
+            raise err
+        if checkpoint_every and (prog.iteration % checkpoint_every == 0 or prog.iteration == iterations):
+            ckpt.save(checkpoint_dir, prog.iteration, prog, config=ckpt_cfg, keep=keep_checkpoints)
 
     def describe(it, last, ev):
         ret = last["episode_return"]
         ret_s = "      n/a" if not np.isfinite(ret) else f"{ret:9.2f}"
         return (f"[{agent.name}] it {it:5d}/{config.iterations}  env_steps {int(last['env_steps']):9d}  "
-                f"train_return {ret_s}  eval_return {ev:9.2f}  grad_norm {last['grad_norm']:8.3g}")
+                f"train_return {ret_s}  eval_return {ev:9.2f}  grad_norm {last['grad_norm']:8.3g}  "
+                f"skipped {int(last['total_skipped'])}  masked_envs {int(last['masked_envs'])}")
 
-    state, metrics, evals = common.run(agent, key, hparams, iterations=config.iterations,
-                                       eval_every=config.eval_every, progress=progress,
-                                       describe=describe, stream=stream)
+    state, metrics, evals = common.run(agent, key, hparams, iterations=iterations,
+                                       eval_every=eval_every, progress=progress,
+                                       describe=describe, stream=stream, on_block=on_block, resume=start)
     its = evals["iteration"]
     metrics["eval_iteration"] = its
     metrics["eval_env_steps"] = metrics["env_steps"][its - 1]
@@ -462,4 +677,4 @@ def evaluate(config: SHACConfig, state: SHACState, key: jax.Array, *, env=None,
 
 
 __all__ = ["SHACConfig", "HParams", "SHACState", "bpo_config", "validate", "make_agent", "make_train_fn",
-           "make_sweep_fn", "train", "evaluate"]
+           "make_sweep_fn", "train", "evaluate", "checkpoint_config", "GUARDS"]
