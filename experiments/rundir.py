@@ -213,7 +213,8 @@ def environment_info() -> Dict[str, Any]:
 
     info: Dict[str, Any] = {"python": sys.version.split()[0], "jax": jax.__version__,
                             "backend": jax.default_backend(),
-                            "devices": [str(d) for d in jax.devices()]}
+                            "devices": [str(d) for d in jax.devices()],
+                            "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
     try:
         import mbpo_grad
 
