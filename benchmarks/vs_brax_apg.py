@@ -73,7 +73,7 @@ def run_apg(env_name: str, backend: str, episode_length: int, updates: int, num_
 
 def run_ours(agent_name: str, env_name: str, backend: str, episode_length: int, updates: int, num_envs: int,
              horizon: int, num_evals: int, seed: int, eval_envs: int, zero_last: bool = True,
-             overrides: Dict = None) -> Dict:
+             overrides: Dict = None, window: int = None) -> Dict:
     import envs
     from mbpo_grad.agents import common, shac
     from mbpo_grad.policies.deterministic import deterministic
@@ -81,8 +81,9 @@ def run_ours(agent_name: str, env_name: str, backend: str, episode_length: int, 
     t0 = time.perf_counter()
     env = envs.make(f"brax:{env_name}", backend=backend, episode_length=episode_length)
     if agent_name == "shac":
-        iterations = updates
-        cfg = shac.SHACConfig(env=f"brax:{env_name}", num_envs=num_envs, horizon=horizon,
+        window = window or horizon
+        iterations = max(1, (updates * horizon) // window)  # the same env-step budget as APG
+        cfg = shac.SHACConfig(env=f"brax:{env_name}", num_envs=num_envs, horizon=window,
                               episode_length=episode_length, iterations=iterations,
                               eval_every=max(1, iterations // max(num_evals - 1, 1)), eval_envs=eval_envs)
     else:  # bpo: the same env-step budget in whole episodes
@@ -162,6 +163,8 @@ def main(argv=None) -> Dict:
     p.add_argument("--num-evals", type=int, default=11, help="evaluations per run, incl. APG's initial one")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--actor-lr", type=float, default=None, help="override our agents' actor learning rate")
+    p.add_argument("--shac-window", type=int, default=None,
+                   help="SHAC's window n (default: APG's horizon, 32); iterations scale to the same env steps")
     p.add_argument("--default-init", action="store_true",
                    help="our agents' policy with the MLP's default last-layer init instead of a zero one")
     p.add_argument("--png", default=None, help="plot path (default: next to the JSON, .png)")
@@ -192,7 +195,8 @@ def main(argv=None) -> Dict:
             else:
                 run = run_ours(a, brax_name, backend, episode_length, updates, num_envs, horizon, num_evals,
                                args.seed, eval_envs, zero_last=not args.default_init,
-                               overrides={"actor_lr": args.actor_lr} if args.actor_lr else None)
+                               overrides={"actor_lr": args.actor_lr} if args.actor_lr else None,
+                               window=args.shac_window)
             entry["runs"].append(run)
             C.write_json(args.out, payload)
         runs = {r["agent"]: r for r in entry["runs"]}

@@ -47,7 +47,8 @@ SCRIPT = "compare_unroll_lengths"
 ESTIMATORS = ("dpmb", "svg")
 ESTIMATOR_LABELS = {"dpmb": "deterministic n-step (DDPG / DPMB-R-n / BPO)", "svg": "SVG(n) (SVG(0) / SVG(n) / SVG(∞))"}
 DEFAULT_NS = (0, 1, 2, 4, 8, 16, 32, 64, "full")
-TRAIN_METRICS = ("eval_return", "train_return", "env_steps", "wall_s", "grad_norm", "grad_var", "actor_loss")
+TRAIN_METRICS = ("eval_return", "train_return", "env_steps", "wall_s", "grad_norm", "grad_var", "actor_loss",
+                 "masked_frac")
 PROBE_METRICS = ("grad_bias", "grad_var", "grad_mse", "grad_bias_rel", "grad_var_rel", "exact_grad_norm",
                  "mc_mean_error_z")
 HPARAM_NAMES = ("actor_lr", "critic_lr", "lam", "gamma")
@@ -205,6 +206,7 @@ class Arm(NamedTuple):
     eval_every: int
     grad_probe: Callable      # (state, hp, key) -> (grad_norm, grad_var)
     label: str
+    num_envs: int = 0         # window / BPO agents: envs per update (for the masked fraction)
 
 
 def _per_sample_stats(grads):
@@ -346,7 +348,8 @@ def build_arm(env_name: str, estimator: str, n: int, s: EnvSettings, lqr: Option
             label = "BPO, n=T" if estimator == "dpmb" else "SVG(∞), n=T"
         else:
             label = f"DPMB-R-{n}" if estimator == "dpmb" else f"SVG({n})"
-    return Arm(env_name, estimator, n, kind, agent, hparams, iterations, eval_every, grad_probe, label)
+    return Arm(env_name, estimator, n, kind, agent, hparams, iterations, eval_every, grad_probe, label,
+               s.num_envs if kind in ("window", "bpo") else 0)
 
 
 def _model_arm(env, env_name, estimator, n, s: EnvSettings, policy, iterations, eval_every) -> Arm:
@@ -455,6 +458,9 @@ def make_block_fn(arm: Arm, hp_names: Sequence[str], state_treedef, trace_counte
             "grad_norm": g_norm,
             "grad_var": g_var,
             "actor_loss": jnp.mean(m["actor_loss"]).astype(jnp.float32) if "actor_loss" in m else nanf,
+            # the window agent's guard drops envs whose gradient is non-finite or explodes
+            "masked_frac": (jnp.mean(m["masked_envs"].astype(jnp.float32)) / arm.num_envs
+                            if "masked_envs" in m and arm.num_envs else nanf),
         }
         return {"state": state, "metrics": metrics}
 

@@ -48,7 +48,7 @@ METRICS = ("grad_var", "grad_bias", "grad_mse", "grad_mse_rel", "grad_cos", "gra
 ENVS = ("pendulum", "cartpole", "lqr")
 
 PRESETS = {
-    "tiny": dict(ns=(1, 4, "full"), episode_length=16, seeds=1, data_envs=16, hidden=(8,), model_hidden=(16,),
+    "tiny": dict(ns=(2, "full"), episode_length=16, seeds=1, data_envs=16, hidden=(8,), model_hidden=(16,),
                  ensemble=3, elites=2, epochs=5, batches=8, batch_size=8),
     "quick": dict(ns=(1, 2, 4, 8, 16, 32, 64, "full"), episode_length=100, seeds=2, data_envs=64, hidden=(32, 32),
                   model_hidden=(128, 128), ensemble=5, elites=3, epochs=40, batches=64, batch_size=16),

@@ -116,8 +116,10 @@ def _segmented_scan(body, carry, xs, horizon: int, segment: Optional[int]):
     for segment ≈ √horizon, at the price of one more forward recomputation than
     per-step checkpointing (Griewank & Walther 2000, "Revolve"; Chen et al. 2016,
     "Training deep nets with sublinear memory cost"). A remainder of
-    ``horizon % segment`` steps runs as one more checkpointed segment. Values and
-    gradients are those of the plain scan: the same step function runs in the same order.
+    ``horizon % segment`` steps runs as one more checkpointed segment. The same step
+    function runs in the same order, so the outputs are the plain scan's; gradients
+    w.r.t. closed-over values (the policy parameters) are summed segment by segment,
+    which changes only the float rounding of that sum.
     """
     if segment is None or segment >= horizon:
         return lax.scan(body, carry, xs, length=horizon)
@@ -171,7 +173,8 @@ def unroll(
         an int k >= 1: checkpointed segments of k steps (each step checkpointed too),
         memory O((n/k + k) · |state|), two extra forwards;
         ``"nested"``: segments of k = ceil(√n) steps, memory O(√n · |state|).
-        Values and gradients do not depend on ``remat``.
+        The trajectory does not depend on ``remat``; gradients agree up to float
+        rounding (segments sum the parameter cotangent in a different order).
     """
     alive0 = jnp.asarray(1.0)
     if done is not None:

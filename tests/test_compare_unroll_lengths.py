@@ -116,7 +116,7 @@ def test_tiny_run_writes_the_run_folder(tiny_runs):
     cols = RD.read_metrics(os.path.join(full_dir, "metrics.csv"))
     train = cols["run"] == "lqr/dpmb"
     T = 16
-    # 2 unroll lengths × 16 seeds × 2 blocks × 7 metrics
+    # 2 unroll lengths × 16 seeds × 2 blocks × 8 training metrics
     assert train.sum() == 2 * 16 * 2 * len(CUL.TRAIN_METRICS)
     assert sorted(set(cols["n"][train].tolist())) == [1, T]
     assert sorted(set(cols["seed"][train].tolist())) == list(range(16))
@@ -137,6 +137,8 @@ def test_tiny_run_writes_the_run_folder(tiny_runs):
         assert bias[T] == 0.0 and bias[1] > 0.0
         z = cols["value"][(cols["run"] == run) & (cols["metric"] == "mc_mean_error_z")]
         assert np.all(z < 5.0), z
+    masked = cols["value"][train & (cols["metric"] == "masked_frac")]
+    assert np.all((masked >= 0) & (masked <= 1))             # the window agents report their guard's mask
     ret = cols["value"][train & (cols["metric"] == "eval_return")]
     assert np.all(np.isfinite(ret)) and np.all(ret < 0)      # LQR returns are costs
     summary = RD.read_json(os.path.join(full_dir, "summary.json"))

@@ -96,9 +96,9 @@ def test_tiny_run_writes_the_run_folder(tmp_path):
     for f in ("config.json", "metrics.csv", "summary.json", "model_vs_sim_pendulum_dpmb.png"):
         assert (out / f).is_file(), f
     cols = RD.read_metrics(str(out / "metrics.csv"))
-    # 3 dynamics × 3 unroll lengths (1, 4, full = 16) × 1 seed × 8 metrics
-    assert cols["value"].size == 3 * 3 * 1 * len(MVS.METRICS)
-    assert sorted(set(cols["n"].tolist())) == [1, 4, 16]
+    # 3 dynamics × 2 unroll lengths (2, full = 16) × 1 seed × 8 metrics
+    assert cols["value"].size == 3 * 2 * 1 * len(MVS.METRICS)
+    assert sorted(set(cols["n"].tolist())) == [2, 16]
     assert set(cols["run"].tolist()) == {f"pendulum/dpmb/{d}" for d in MVS.DYNAMICS}
     assert set(cols["step"].tolist()) == {0}
     sim = cols["run"] == "pendulum/dpmb/sim"
@@ -107,3 +107,19 @@ def test_tiny_run_writes_the_run_folder(tmp_path):
     summary = RD.read_json(str(out / "summary.json"))
     assert summary["status"] == "complete" and set(summary["crossover_n"]) == {"model", "model_mean"}
     assert summary["fits"]["0"]["transitions"] == 16 * 16
+
+
+def test_crossover_is_where_the_model_stays_worse():
+    table = RD.MetricsTable()
+    ns = [1, 2, 4, 8, 16]
+    sim = [1.0, 1.0, 1.0, 1.0, 1.0]
+    model = [5.0, 0.5, 0.5, 2.0, 3.0]         # worse at n = 1 (reward-gradient noise), better at 2–4, worse from 8 on
+    for n, a, b in zip(ns, sim, model):
+        for dyn, v in (("sim", a), ("model", b), ("model_mean", b)):
+            for m in MVS.METRICS:
+                table.add(f"pendulum/dpmb/{dyn}", n, 0, 0, m, v if m == "grad_mse" else 0.5)
+    cols = {k: np.asarray(v) for k, v in zip(RD.METRIC_COLUMNS, zip(*table.rows()))}
+    cols["n"], cols["value"] = cols["n"].astype(int), cols["value"].astype(float)
+    s = MVS.summarize(cols, {"episode_length": 16}, "pendulum/dpmb", ns, {0: {"transitions": 1, "holdout_mse": 0.1}})
+    assert s["crossover_n"] == {"model": 8, "model_mean": 8}
+    assert s["model_not_worse_ns"]["model"] == [2, 4]
