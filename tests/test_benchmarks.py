@@ -96,11 +96,14 @@ def test_vs_brax_apg_goal_check_and_plot(tmp_path):
 @pytest.mark.slow
 @pytest.mark.physics
 def test_vs_brax_apg_tiny(tmp_path):
+    """Brax's APG and our SHAC on the Brax pendulum at toy size (~1.5 min on 2 cores: Brax
+    gradient compiles; BPO runs through the same code path as SHAC and is left out)."""
     out = tmp_path / "apg.json"
-    vs_brax_apg.main(["--tiny", "--out", str(out)])
+    vs_brax_apg.main(["--tiny", "--agents", "apg,shac", "--out", str(out)])
     payload = _load(out)
     entry = payload["envs"]["inverted_pendulum"]
-    assert [r["agent"] for r in entry["runs"]] == ["apg", "shac", "bpo"]
+    assert [r["agent"] for r in entry["runs"]] == ["apg", "shac"]
+    assert entry["goal"]["goal_met"] in (True, False)
     for run in entry["runs"]:
         assert run["points"] and all(np.isfinite(p["eval_return"]) for p in run["points"])
     assert (tmp_path / "apg.png").exists()
