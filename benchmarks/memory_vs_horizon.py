@@ -26,7 +26,6 @@ from __future__ import annotations
 from typing import Dict
 
 import jax
-import jax.numpy as jnp
 
 from benchmarks import _common as C
 from benchmarks.reverse_mode_ratio import engine_objective, make_env

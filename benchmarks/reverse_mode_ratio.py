@@ -26,9 +26,9 @@ generalized backend, with the smooth reward cos θ' − 0.01‖a‖² because Br
 reward is a constant +1 while alive, whose gradient XLA would prune to nothing),
 ``brax_halfcheetah`` (positional backend, Brax's own reward) and
 ``mjx_inverted_pendulum`` (``envs.mjx_adapter``'s builtin cart-pole, float32,
-one solver iteration); ``cartpole_unrolled`` (only when asked for) is cart-pole with its
-4 integration sub-steps unrolled rather than an inner ``lax.scan``, to show what that
-inner loop costs reverse mode.
+one solver iteration); ``cartpole_scan_substeps`` (only when asked for) is cart-pole with its
+4 integration sub-steps in an inner ``lax.scan`` (as the env had them before it unrolled
+them), to show what that inner loop costs reverse mode.
 
     python -m benchmarks.reverse_mode_ratio            # cart-pole n = 8, 32, 128; Brax pendulum, MJX n = 32
     python -m benchmarks.reverse_mode_ratio --full     # every env at n = 8, 32, 128
@@ -50,21 +50,22 @@ from mbpo_grad.policies.base import as_engine_policy
 from mbpo_grad.policies.deterministic import deterministic
 
 NAME = "reverse_mode_ratio"
-ENV_NAMES = ("cartpole", "brax_inverted_pendulum", "mjx_inverted_pendulum", "brax_halfcheetah", "cartpole_unrolled")
+ENV_NAMES = ("cartpole", "brax_inverted_pendulum", "mjx_inverted_pendulum", "brax_halfcheetah", "cartpole_scan_substeps")
 DEFAULT_HORIZONS = {  # the default run fits in 10 minutes on a loaded 2-core CPU
     "cartpole": (8, 32, 128),
     "brax_inverted_pendulum": (32,),
     "mjx_inverted_pendulum": (32,),
     "brax_halfcheetah": (),
-    "cartpole_unrolled": (),
+    "cartpole_scan_substeps": (),
 }
 FULL_HORIZONS = (8, 32, 128)
 REMAT = {"true": True, "nested": "nested", "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
-def _cartpole_unrolled():
-    """``envs.make("cartpole")`` with its 4 integration sub-steps unrolled instead of an inner
-    ``lax.scan`` (the same arithmetic; a fixed count of sub-steps, not a loop over time)."""
+def _cartpole_scan_substeps():
+    """``envs.make("cartpole")`` as it was before: its 4 integration sub-steps in an inner
+    ``lax.scan`` (the env now unrolls them; the same arithmetic). Kept to show what the inner
+    loop costs reverse mode."""
     from envs import cartpole as cp
 
     base = envs.make("cartpole")
@@ -73,23 +74,24 @@ def _cartpole_unrolled():
         del xi
         force = cp.MAX_FORCE * jnp.reshape(action, ())
         h = cp.DT / cp.SUBSTEPS
-        s = state
-        for _ in range(cp.SUBSTEPS):
+
+        def sub(s, _):
             x_acc, theta_acc = cp._accelerations(s, force)
             x_dot = s[1] + h * x_acc
             theta_dot = s[3] + h * theta_acc
-            s = jnp.stack([s[0] + h * x_dot, x_dot, s[2] + h * theta_dot, theta_dot])
-        return s
+            return jnp.stack([s[0] + h * x_dot, x_dot, s[2] + h * theta_dot, theta_dot]), None
 
-    return dataclasses.replace(base, name="cartpole_unrolled", step=step)
+        return lax.scan(sub, state, None, length=cp.SUBSTEPS)[0]
+
+    return dataclasses.replace(base, name="cartpole_scan_substeps", step=step)
 
 
 def make_env(name: str):
     """The environment, as used in every benchmark that names it."""
     if name == "cartpole":
         return envs.make("cartpole")
-    if name == "cartpole_unrolled":
-        return _cartpole_unrolled()
+    if name == "cartpole_scan_substeps":
+        return _cartpole_scan_substeps()
     if name == "brax_inverted_pendulum":
         smooth = mg.transition_reward(lambda s, a, s2: jnp.cos(s2.obs[1]) - 0.01 * jnp.sum(jnp.square(a)))
         return envs.make("brax:inverted_pendulum", backend="generalized", reward=smooth)

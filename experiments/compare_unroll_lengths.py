@@ -233,7 +233,6 @@ def build_arm(env_name: str, estimator: str, n: int, s: EnvSettings, lqr: Option
     """
     import jax
     import jax.flatten_util  # noqa: F401  (ravel_pytree)
-    import jax.numpy as jnp
 
     from mbpo_grad import critics as C
     from mbpo_grad import normalizer as N
@@ -1064,15 +1063,7 @@ def make_plots(cols: Dict[str, np.ndarray], cfg: Dict[str, Any], run_dir: str) -
 
 # --------------------------------------------------------------------------- command line
 def _n_value(text: str):
-    if text == "full":
-        return "full"
-    try:
-        n = int(text)
-    except ValueError:
-        raise ValueError(f"--ns: {text!r} is not an int >= 0 or 'full'") from None
-    if n < 0:
-        raise ValueError(f"--ns: unroll length must be >= 0 (or 'full'), got {n}")
-    return n
+    return RD.unroll_length(text, minimum=0)
 
 
 def build_parser() -> RD.CliParser:

@@ -62,8 +62,8 @@ def make_policy(kind: str, layers: int, hidden: Sequence[int]):
 def soft_objective(pol, params, eps, alpha, peak, width):
     """Monte-Carlo J = mean_ε[ r(a) − α log π(a) ], a = π(ε) (reparameterised)."""
     def one(e):
-        a = pol.sample(params, OBS, e)
-        return reward_fn(a[0], peak, width) - alpha * pol.log_prob(params, OBS, a)
+        a, lp = mg.policies.sample_and_log_prob(pol, params, OBS, e)  # log π forward from ε
+        return reward_fn(a[0], peak, width) - alpha * lp
 
     return jnp.mean(jax.vmap(one)(eps))
 

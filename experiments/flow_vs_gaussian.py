@@ -19,11 +19,11 @@ with fresh ε per window — by one of two agents (``--agent``):
   (``agents.model_based``), optionally with the entropy bonus −α log π (``--alpha``; it uses
   each policy's exact log-likelihood).
 
-Note on ``--layers``: with K >= 2 stacked 1-D sinh-arcsinh layers (tail parameter up to e²
-each) the pre-squash value can reach ~1e30 once SHAC drives the policy to saturation; the
-forward value stays finite (tanh → ±1) but the backward pass overflows (0 · inf = NaN) and
-the run diverges (3 of 4 pendulum seeds with K = 2 in our runs). K = 1 (the default here) did
-not overflow.
+Note on ``--layers``: before the 1-D flow's tail, skew and scale parameters shared one budget
+over the K layers (``mg.policies.flow``), K >= 2 stacked sinh-arcsinh layers could push the
+pre-squash value to ~1e30 once SHAC drove the policy to saturation, and the backward pass
+overflowed (0 · inf = NaN; 3 of 4 pendulum seeds with K = 2). With the shared budgets K = 2
+and K = 4 run finite on all 4 seeds.
 
 Seeds run as one vmapped program per policy (``mg.sweep``). The policy's ε = 0 action is
 evaluated on fresh episodes. Outputs in ``--out``: ``flow_vs_gaussian.json`` (configs; per
@@ -41,6 +41,7 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 
 import mbpo_grad as mg
+from experiments import plots as PL
 from mbpo_grad.agents import model_based as MB
 from mbpo_grad.agents import shac
 
@@ -138,26 +139,10 @@ def run_experiment(out: str, *, env: str = "pendulum", agent: str = "shac", seed
 
 
 def _plot(results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for kind, colour in (("gaussian", "C0"), ("flow", "C1")):
-        r = results[kind]
-        x = np.asarray(r["env_steps"], float)
-        y = np.asarray(r["eval_return"], float)
-        for row in y:
-            ax.plot(x, row, color=colour, alpha=0.25, lw=0.8)
-        ax.plot(x, y.mean(0), color=colour, lw=2, label=f"{kind} (mean of {y.shape[0]} seeds)")
-    ax.set_xlabel("real environment steps")
-    ax.set_ylabel("evaluation return")
-    ax.set_title(f"Flow vs Gaussian policy, SVG(n) via {results['agent']} on {results['env']}")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    runs = {kind: (results[kind]["env_steps"], results[kind]["eval_return"]) for kind in ("gaussian", "flow")}
+    labels = {kind: f"{kind} (mean of {len(results[kind]['eval_return'])} seeds)" for kind in runs}
+    PL.plot_seed_curves(path, runs, colours={"gaussian": "C0", "flow": "C1"}, labels=labels,
+                        title=f"Flow vs Gaussian policy, SVG(n) via {results['agent']} on {results['env']}")
 
 
 def main(argv=None):
@@ -171,7 +156,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--iterations", type=int, default=300, help="agent iterations")
     p.add_argument("--layers", type=int, default=1,
-                   help="flow layers K (1-D: sinh-arcsinh + affine pairs; see the note on K >= 2 above)")
+                   help="flow layers K (1-D: sinh-arcsinh + affine pairs)")
     p.add_argument("--hidden", type=int, nargs="+", default=[64, 64], help="policy MLP widths (both policies)")
     p.add_argument("--alpha", type=float, default=None,
                    help="entropy temperature (model_based only; default: no entropy term)")

@@ -34,6 +34,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 import mbpo_grad as mg
+from experiments import plots as PL
 from mbpo_grad.agents import model_based as MB
 from mbpo_grad.agents import shac
 
@@ -132,32 +133,19 @@ def run_experiment(out: str, *, seeds: int = 3, seed: int = 0, target: float = -
 
 
 def _plot(results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
     colours = {"model_based": "C0", "shac": "C3"}
-    labels = {"model_based": "model-based SVG(n) (learned ensemble)", "shac": "SHAC (true simulator)"}
-    for name in ("model_based", "shac"):
-        r = results[name]
-        x = np.asarray(r["env_steps"], float)
-        y = np.asarray(r["eval_return"], float)
-        for row in y:
-            ax.plot(x, row, color=colours[name], alpha=0.25, lw=0.8)
-        ax.plot(x, np.median(y, 0), color=colours[name], lw=2, label=labels[name])
-        if r["median_steps_to_target"] is not None:
-            ax.axvline(r["median_steps_to_target"], color=colours[name], ls=":", lw=1)
-    ax.axhline(results["target"], color="k", ls="--", lw=1, label=f"target {results['target']:g}")
-    ax.set_xscale("log")
-    ax.set_xlabel("real environment steps")
-    ax.set_ylabel("evaluation return (200 steps)")
-    ax.set_title("Pendulum swing-up: real steps needed (median and seeds)")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    runs = {name: (results[name]["env_steps"], results[name]["eval_return"]) for name in colours}
+
+    def decorate(ax):
+        for name, colour in colours.items():
+            if results[name]["median_steps_to_target"] is not None:
+                ax.axvline(results[name]["median_steps_to_target"], color=colour, ls=":", lw=1)
+        ax.axhline(results["target"], color="k", ls="--", lw=1, label=f"target {results['target']:g}")
+
+    PL.plot_seed_curves(path, runs, colours=colours, centre="median", log_x=True, decorate=decorate,
+                        labels={"model_based": "model-based SVG(n) (learned ensemble)", "shac": "SHAC (true simulator)"},
+                        ylabel="evaluation return (200 steps)",
+                        title="Pendulum swing-up: real steps needed (median and seeds)")
 
 
 def main(argv=None):

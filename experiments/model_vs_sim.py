@@ -35,7 +35,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -104,7 +104,6 @@ def make_probe(env, policy, model, n: int, batches: int, batch_size: int, gamma:
 
     stochastic = tuple(policy.noise_shape) != (0,)
     dyn = tuple(env.noise_shape) != ()
-    d = env.obs_size
 
     def probe(pp, mp, key):
         k_s0, k_eps, k_xi, k_model = jax.random.split(key, 4)
@@ -171,7 +170,6 @@ def make_probe(env, policy, model, n: int, batches: int, batch_size: int, gamma:
 def run(cfg: Dict[str, Any], run_dir: str, *, progress: bool = True) -> Dict[str, Any]:
     """Run the experiment of ``cfg`` into ``run_dir``; returns the summary."""
     import jax
-    import jax.numpy as jnp
     from tqdm.auto import tqdm
 
     from mbpo_grad.models import gaussian_ensemble
@@ -320,15 +318,7 @@ def plot(cols, label, ns, T, run_dir) -> str:
 
 
 def _n_value(text: str):
-    if text == "full":
-        return "full"
-    try:
-        n = int(text)
-    except ValueError:
-        raise ValueError(f"--ns: {text!r} is not an int >= 1 or 'full'") from None
-    if n < 1:
-        raise ValueError(f"--ns: unroll length must be >= 1 here (the truncated objective has no critic), got {n}")
-    return n
+    return RD.unroll_length(text, minimum=1)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

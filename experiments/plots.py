@@ -14,7 +14,7 @@ import numpy as np
 from experiments.rundir import pyplot
 
 __all__ = ["select", "n_axis_labels", "plot_return_curves", "plot_final_vs_n", "plot_grad_vs_n", "plot_lqr_probe",
-           "plot_metric_vs_n", "safe_name"]
+           "plot_metric_vs_n", "plot_seed_curves", "safe_name"]
 
 
 def safe_name(text: str) -> str:
@@ -197,4 +197,33 @@ def plot_lqr_probe(cols, runs: Sequence[str], path: str, *, full: Optional[int] 
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_seed_curves(path: str, runs: Dict[str, Tuple[np.ndarray, np.ndarray]], *, colours: Dict[str, str],
+                     labels: Dict[str, str], title: str, ylabel: str = "evaluation return",
+                     xlabel: str = "real environment steps", centre: str = "mean", log_x: bool = False,
+                     decorate=None) -> None:
+    """Evaluation return against env steps: every seed thin, the mean (or median) thick.
+
+    ``runs[name] = (x [evals], y [seeds, evals])``; ``decorate(ax)`` adds extra marks (targets).
+    """
+    plt = pyplot()
+    stat = {"mean": np.mean, "median": np.median}[centre]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, (x, y) in runs.items():
+        x, y = np.asarray(x, float), np.asarray(y, float)
+        for row in y:
+            ax.plot(x, row, color=colours[name], alpha=0.25, lw=0.8)
+        ax.plot(x, stat(y, 0), color=colours[name], lw=2, label=labels[name])
+    if decorate is not None:
+        decorate(ax)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
     plt.close(fig)

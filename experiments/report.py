@@ -101,7 +101,7 @@ def _config_lines(cfg: Dict[str, Any]) -> List[str]:
 def render(run_dirs: Sequence[str], out_path: str) -> str:
     """The Markdown text of the report on ``run_dirs`` (image paths relative to ``out_path``)."""
     base = os.path.dirname(os.path.abspath(out_path))
-    parts = [f"# Experiment report", "",
+    parts = ["# Experiment report", "",
              f"Generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M:%S')} from {len(run_dirs)} run folder(s).", ""]
     for d in run_dirs:
         d = os.path.abspath(d)

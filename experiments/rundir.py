@@ -195,6 +195,19 @@ def cli_error(message: str, prog: Optional[str] = None) -> NoReturn:
     raise SystemExit(2)
 
 
+def unroll_length(text: str, minimum: int = 0, flag: str = "--ns"):
+    """Parse one unroll length for ``flag``: an int >= ``minimum`` or ``"full"`` (the episode)."""
+    if text == "full":
+        return "full"
+    try:
+        n = int(text)
+    except ValueError:
+        raise ValueError(f"{flag}: {text!r} is not an int >= {minimum} or 'full'") from None
+    if n < minimum:
+        raise ValueError(f"{flag}: unroll length must be >= {minimum} (or 'full'), got {n}")
+    return n
+
+
 class CliParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors are one line on stderr and exit status 2
     (no usage block, no traceback); ``--help`` is unchanged."""

@@ -244,7 +244,7 @@ def affine_coupling(dim: int, context_dim: int = 0, *, parity: int = 0, transfor
 def conditional_affine(dim: int, context_dim: int = 0, *, hidden: Sequence[int] = (64, 64),
                        zero_init: bool = True, log_scale_bound: float = 3.0,
                        log_scale_min: Optional[float] = None, log_scale_max: Optional[float] = None,
-                       activation: Callable = linen.tanh) -> Bijector:
+                       shift_bound: Optional[float] = None, activation: Callable = linen.tanh) -> Bijector:
     """Elementwise ``y = μ(c) + exp(log σ(c)) ⊙ x`` with ``(μ, log σ_raw) = NN(c)``.
 
     ``log|det| = Σ log σ``. The conditioner sees only the context, so this is the layer a
@@ -256,6 +256,8 @@ def conditional_affine(dim: int, context_dim: int = 0, *, hidden: Sequence[int] 
       zero-initialised layer is exactly the identity);
     * ``log_scale_min`` and ``log_scale_max`` given: ``log σ = soft_clip(log σ_raw, min, max)``
       (the Gaussian policy's bounded log standard deviation).
+
+    ``shift_bound`` S (optional): ``μ = S tanh(μ_raw / S)`` (unbounded by default).
 
     Args:
       zero_init: zero-initialise the MLP's last layer (μ = 0, log σ_raw = 0 at init).
@@ -279,11 +281,14 @@ def conditional_affine(dim: int, context_dim: int = 0, *, hidden: Sequence[int] 
         def bound_log_scale(raw):
             return soft_clamp(raw, bound)
 
+    if shift_bound is not None:
+        shift_bound = _check_positive_float(shift_bound, "shift_bound")
     init, apply = _free_or_conditional(context_dim, 2 * dim, hidden, zero_init, activation)
 
     def _shift_and_log_scale(params, context):
         out = apply(params, context)
-        return out[:dim], bound_log_scale(out[dim:])
+        shift = out[:dim] if shift_bound is None else soft_clamp(out[:dim], shift_bound)
+        return shift, bound_log_scale(out[dim:])
 
     def forward_and_log_det(params, x, context=None):
         x = _check_event(x, dim, "x")
@@ -307,11 +312,13 @@ def elementwise_affine(dim: int, *, log_scale_bound: float = 3.0) -> Bijector:
 
 
 def sinh_arcsinh(dim: int, context_dim: int = 0, *, hidden: Sequence[int] = (64, 64),
-                 log_tail_bound: float = 2.0, activation: Callable = linen.tanh) -> Bijector:
+                 log_tail_bound: float = 2.0, skew_bound: Optional[float] = None,
+                 activation: Callable = linen.tanh) -> Bijector:
     """Elementwise monotone ``y = sinh(b · asinh(x) − a)``, ``(a, log b) = NN(c)``.
 
     ``log b = B tanh(log_b_raw / B)`` with ``B = log_tail_bound`` keeps ``b`` in
-    ``(e^{−B}, e^{B})``. Zero-initialised last layer: ``a = 0, b = 1``, the identity.
+    ``(e^{−B}, e^{B})``; ``skew_bound`` A (optional) gives ``a = A tanh(a_raw / A)``.
+    Zero-initialised last layer: ``a = 0, b = 1``, the identity.
     ``log|dy/dx| = log b + log cosh(b asinh x − a) − ½ log(1 + x²)``;
     inverse ``x = sinh((asinh y + a) / b)``.
     Reference: Jones & Pewsey, "Sinh-arcsinh distributions", Biometrika 2009.
@@ -319,11 +326,14 @@ def sinh_arcsinh(dim: int, context_dim: int = 0, *, hidden: Sequence[int] = (64,
     dim = _check_dim(dim, "dim")
     context_dim = _check_dim(context_dim, "context_dim", minimum=0)
     bound = _check_positive_float(log_tail_bound, "log_tail_bound")
+    if skew_bound is not None:
+        skew_bound = _check_positive_float(skew_bound, "skew_bound")
     init, apply = _free_or_conditional(context_dim, 2 * dim, hidden, True, activation)
 
     def _params(params, context):
         out = apply(params, context)
-        return out[:dim], soft_clamp(out[dim:], bound)
+        skew = out[:dim] if skew_bound is None else soft_clamp(out[:dim], skew_bound)
+        return skew, soft_clamp(out[dim:], bound)
 
     def _log_cosh(w):
         a = jnp.abs(w)
@@ -473,6 +483,7 @@ class FlowDensity(NamedTuple):
     log_prob: Callable[[Any, Any, Any], Any]
     dim: int
     context_dim: int
+    sample_and_log_prob: Optional[Callable[[Any, Any, Any], Any]] = None
 
 
 def transformed_normal(bijector: Bijector) -> FlowDensity:
@@ -480,7 +491,10 @@ def transformed_normal(bijector: Bijector) -> FlowDensity:
 
     ``sample(params, eps, context) = f(eps; c)``;
     ``infer_noise(params, x, context) = f⁻¹(x; c)`` (exact);
-    ``log_prob(params, x, context) = log N(f⁻¹(x); 0, I) + log|det ∂f⁻¹/∂x|``.
+    ``log_prob(params, x, context) = log N(f⁻¹(x); 0, I) + log|det ∂f⁻¹/∂x|``;
+    ``sample_and_log_prob(params, eps, context) = (f(eps; c), log N(eps) − log|det ∂f/∂eps|)``,
+    the same density computed FORWARD from the noise: exact even where the inverse is not
+    (a float32 ``tanh`` that rounded to ±1 loses the pre-squash value the inverse needs).
     With ``context = concat(s, a)`` this is a transition-noise model ``s' = f(ξ; s, a)``.
     """
     if not isinstance(bijector, Bijector):
@@ -498,7 +512,12 @@ def transformed_normal(bijector: Bijector) -> FlowDensity:
         eps, log_det_inv = bijector.inverse_and_log_det(params, x, context)
         return standard_normal_log_prob(eps) + log_det_inv
 
-    return FlowDensity(bijector.init, sample, infer_noise, log_prob, bijector.dim, bijector.context_dim)
+    def sample_and_log_prob(params, eps, context=None):
+        y, log_det = bijector.forward_and_log_det(params, eps, context)
+        return y, standard_normal_log_prob(eps) - log_det
+
+    return FlowDensity(bijector.init, sample, infer_noise, log_prob, bijector.dim, bijector.context_dim,
+                       sample_and_log_prob)
 
 
 __all__ = [

@@ -50,7 +50,7 @@ def trajectory_return(
     ret = discounted_sum(traj.rewards, gamma)
     if bootstrap is not None:
         s_n = jax.tree_util.tree_map(lambda x: x[n], traj.states)
-        a_n = traj.actions[n]
+        a_n = jax.tree_util.tree_map(lambda x: x[n], traj.actions)
         q = jnp.asarray(bootstrap(s_n, a_n))
         q = jnp.reshape(q, ())
         term = jnp.asarray(gamma, dtype=ret.dtype) ** n * q

@@ -34,6 +34,7 @@ import numpy as np
 
 from mbpo_grad import validation as V
 from mbpo_grad.objectives import pathwise_objective, pathwise_returns
+from mbpo_grad.policies.base import sample_and_log_prob
 from mbpo_grad.rollout import transition_reward
 
 PyTree = Any
@@ -66,31 +67,45 @@ def _uses_entropy(alpha) -> bool:
     return True
 
 
-def soft_reward_and_critic(policy, params, reward, critic, alpha, observe=_identity):
-    """The engine's ``reward`` and ``bootstrap`` with the entropy bonus −α log π(a|s) added.
+def soft_rollout(policy, step, reward, bootstrap, alpha, observe=_identity, *, bonus_on_bootstrap=True):
+    """The engine's ``(policy, step, reward, bootstrap)`` for the entropy-regularised J^α.
 
-    Returns ``(reward', bootstrap')``. ``alpha=None`` (or a concrete 0) adds nothing and never calls
-    ``log_prob`` (deterministic policies have none). ``alpha`` may be a traced array (learned temperature).
+    With no entropy term (``alpha`` None or a concrete 0) these are the plain parts and
+    ``log π`` is never evaluated (deterministic policies have none). Otherwise the engine's
+    "action" is the pair ``(a, log π(a|s))`` from ``sample_and_log_prob`` — the density
+    computed forward from ε, exact even where float32 ``tanh`` has rounded ``a`` to ±1 —
+    and the wrappers read it: ``step(s, a, ξ)``, ``reward(s, a) − α log π(a|s)`` and, with
+    ``bonus_on_bootstrap``, ``bootstrap(s_n, a_n) − α log π(a_n|s_n)`` (a soft Q; leave it
+    off for a soft state value V(s_n), which already holds the entropy of its future).
+    ``bootstrap(state, action)`` or None; ``alpha`` may be a traced array.
     """
-    bootstrap = None if critic is None else (lambda state, action: critic(observe(state), action))
     if not _uses_entropy(alpha):
-        return reward, bootstrap
+        return _engine_policy(policy, observe), step, reward, bootstrap
 
-    def bonus(state, action):
-        return -alpha * policy.log_prob(params, observe(state), action)
+    def pi(params, state, eps):
+        return sample_and_log_prob(policy, params, observe(state), eps)
+
+    def soft_step(state, action_and_lp, xi):
+        return step(state, action_and_lp[0], xi)
 
     if getattr(reward, "uses_next_state", False):
-        soft_reward = transition_reward(lambda s, a, s_next: reward(s, a, s_next) + bonus(s, a))
+        soft_reward = transition_reward(
+            lambda s, al, s_next: reward(s, al[0], s_next) - alpha * al[1])
     else:
-        def soft_reward(s, a):
-            return reward(s, a) + bonus(s, a)
+        def soft_reward(s, al):
+            return reward(s, al[0]) - alpha * al[1]
 
     soft_bootstrap = None
     if bootstrap is not None:
-        def soft_bootstrap(state, action):
-            return bootstrap(state, action) + bonus(state, action)
+        def soft_bootstrap(state, al):
+            value = bootstrap(state, al[0])
+            return value - alpha * al[1] if bonus_on_bootstrap else value
 
-    return soft_reward, soft_bootstrap
+    return pi, soft_step, soft_reward, soft_bootstrap
+
+
+def _critic_bootstrap(critic, observe):
+    return None if critic is None else (lambda state, action: critic(observe(state), action))
 
 
 def svg_objective(
@@ -143,9 +158,10 @@ def svg_objective(
         policy_noise = sample_policy_noise(policy, k_eps, horizon, batch)
     if need_xi:
         dynamics_noise = sample_dynamics_noise(k_xi, (horizon, batch))
-    soft_reward, bootstrap = soft_reward_and_critic(policy, params, reward, critic, alpha, observe)
+    pi, step, soft_reward, bootstrap = soft_rollout(policy, model_step, reward, _critic_bootstrap(critic, observe),
+                                                    alpha, observe)
     return pathwise_objective(
-        _engine_policy(policy, observe), params, model_step, soft_reward, states, horizon=horizon, gamma=gamma,
+        pi, params, step, soft_reward, states, horizon=horizon, gamma=gamma,
         bootstrap=bootstrap, policy_noise=policy_noise, dynamics_noise=dynamics_noise, done=done, remat=remat,
     )
 
@@ -242,11 +258,12 @@ def svg_replay_returns(
             next_policy_noise = jax.random.normal(k_next, eps.shape, eps.dtype)
     noise = jnp.stack([eps, jnp.asarray(next_policy_noise, eps.dtype)])
     xi = jax.tree_util.tree_map(lambda x: x[None], xi)
-    soft_reward, bootstrap = soft_reward_and_critic(
-        policy, params, model.as_reward(model_params), critic, alpha, model.observe
+    pi, step, soft_reward, bootstrap = soft_rollout(
+        policy, model.as_step(model_params), model.as_reward(model_params),
+        _critic_bootstrap(critic, model.observe), alpha, model.observe,
     )
     returns, _ = pathwise_returns(
-        _engine_policy(policy, model.observe), params, model.as_step(model_params), soft_reward,
+        pi, params, step, soft_reward,
         model.initial_state(s), horizon=1, gamma=gamma, bootstrap=bootstrap,
         policy_noise=noise, dynamics_noise=xi,
     )

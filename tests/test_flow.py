@@ -6,41 +6,10 @@ import numpy as np
 import pytest
 
 import mbpo_grad as mg
-from mbpo_grad.bijectors import standard_normal_log_prob
+from tests.policy_checks import checks, normal, random_params
 
 OBS_DIM = 4
 HIDDEN = (8, 8)
-
-
-def random_params(init, seed, scale=0.5, dtype=np.float32):
-    """NumPy random values for every parameter leaf, the zero-initialised last layers included
-    (shapes from ``jax.eval_shape``; nothing compiles)."""
-    shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
-    rng = np.random.default_rng(seed)
-    return jax.tree_util.tree_map(lambda s: jnp.asarray(scale * rng.standard_normal(s.shape), dtype), shapes)
-
-
-def normal(seed, shape, dtype=np.float32):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
-
-
-def checks(pol):
-    """One compiled pass over a batch: round trips, log_prob, and the jacfwd reference."""
-
-    @jax.jit
-    def run(params, obs, eps, actions):
-        def one(o, e, a):
-            x = pol.sample(params, o, e)
-            e_back = pol.infer_noise(params, o, x)
-            lp = pol.log_prob(params, o, x)
-            jac = jax.jacfwd(lambda v: pol.sample(params, o, v))(e)
-            lp_ref = standard_normal_log_prob(e) - jnp.linalg.slogdet(jac)[1]
-            a_back = pol.sample(params, o, pol.infer_noise(params, o, a))
-            return x, e_back, lp, lp_ref, a_back
-
-        return jax.vmap(one)(obs, eps, actions)
-
-    return run
 
 
 @pytest.mark.parametrize("act_dim", [1, 2, 3])
@@ -195,3 +164,66 @@ def test_flow_policy_in_the_pathwise_engine():
                           zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(direction)))
     assert abs(directional) > 1e-3
     np.testing.assert_allclose(directional, float(fd), rtol=1e-6)
+
+
+def _saturating(params, shift):
+    """Every conditioner's last layer set to a constant output: shift / skew = ``shift`` and the
+    scale / tail parameter far past its bound (the state SHAC drives a saturating policy to)."""
+    def fix(p):
+        if not p:
+            return p
+        p = dict(p)
+        last = sorted(p)[-1]
+        p[last] = {"kernel": jnp.zeros_like(p[last]["kernel"]),
+                   "bias": jnp.array([shift, 30.0], p[last]["bias"].dtype)}
+        return p
+
+    return tuple(fix(p) for p in params)
+
+
+@pytest.mark.parametrize("layers", [2, 3, 4, 6])
+def test_deep_1d_flow_stays_finite_at_its_bounds(layers):
+    """Float32, every 1-D layer at the edge of its range, |ε| ≤ 5: actions, forward log π and
+    the gradient of an SVG-style objective are finite (shared budgets). The old per-layer bounds
+    (tail budget K·2) overflow to NaN on the same parameters, so the check can fail."""
+    obs = jnp.ones(OBS_DIM)
+    eps = jnp.linspace(-5.0, 5.0, 41)[:, None]
+
+    def run(log_tail_bound):
+        pol = mg.policies.flow(OBS_DIM, 1, layers=layers, hidden=HIDDEN, log_tail_bound=log_tail_bound)
+        params = _saturating(pol.init(jax.random.PRNGKey(layers)), 3.0)
+
+        def objective(p):
+            a, lp = jax.vmap(lambda e: mg.policies.sample_and_log_prob(pol, p, obs, e))(eps)
+            return jnp.sum(a[:, 0]) - 0.1 * jnp.sum(lp)
+
+        value, grad = jax.jit(jax.value_and_grad(objective))(params)
+        leaves = [value] + jax.tree_util.tree_leaves(grad)
+        return all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
+
+    assert run(2.0)
+    assert not run(2.0 * layers)
+
+
+def test_sample_and_log_prob_exact_where_float32_tanh_saturates():
+    """Pre-squash values 9–14: float32 tanh rounds the action to ±1, so log_prob(sample) sees a
+    clipped action, while sample_and_log_prob (forward from ε) matches the float64 density."""
+    pol = mg.policies.flow(OBS_DIM, 1, layers=2, hidden=HIDDEN)
+    params32 = random_params(pol.init, 21, 0.1)
+    base = dict(params32[0])
+    last = sorted(base)[-1]
+    base[last] = {"kernel": jnp.zeros_like(base[last]["kernel"]), "bias": jnp.array([11.5, -1.0])}
+    params32 = (base,) + params32[1:]
+    obs = normal(22, (OBS_DIM,))
+    eps = jnp.linspace(-3.0, 3.0, 13)[:, None]
+    a32, lp32 = jax.vmap(lambda e: pol.sample_and_log_prob(params32, obs, e))(eps)
+    assert np.all(np.abs(np.asarray(a32)) == 1.0)  # every action rounded to exactly 1
+    naive = jax.vmap(lambda a: pol.log_prob(params32, obs, a))(a32)
+    with jax.enable_x64(True):
+        p64 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), params32)
+        o64, e64 = jnp.asarray(obs, jnp.float64), jnp.asarray(eps, jnp.float64)
+        a64 = jax.vmap(lambda e: pol.sample(p64, o64, e))(e64)
+        assert np.all(np.abs(np.asarray(a64)) < 1.0)  # float64 still resolves them
+        ref = np.asarray(jax.vmap(lambda a: pol.log_prob(p64, o64, a))(a64))
+    np.testing.assert_allclose(lp32, ref, rtol=1e-5)
+    assert np.max(np.abs(np.asarray(naive) - ref)) > 1.0  # the inverse route is wrong here

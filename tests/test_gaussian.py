@@ -7,40 +7,10 @@ import numpy as np
 import pytest
 
 import mbpo_grad as mg
-from mbpo_grad.bijectors import standard_normal_log_prob
+from tests.policy_checks import checks, normal, random_params
 
 OBS_DIM = 4
 HIDDEN = (8, 8)
-
-
-def random_params(init, seed, scale=0.5, dtype=np.float32):
-    """NumPy random values for every parameter leaf (shapes from ``jax.eval_shape``; no compile)."""
-    shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
-    rng = np.random.default_rng(seed)
-    return jax.tree_util.tree_map(lambda s: jnp.asarray(scale * rng.standard_normal(s.shape), dtype), shapes)
-
-
-def normal(seed, shape, dtype=np.float32):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
-
-
-def checks(pol):
-    """One compiled pass over a batch: round trips, log_prob, and the jacfwd reference."""
-
-    @jax.jit
-    def run(params, obs, eps, actions):
-        def one(o, e, a):
-            x = pol.sample(params, o, e)
-            e_back = pol.infer_noise(params, o, x)
-            lp = pol.log_prob(params, o, x)
-            jac = jax.jacfwd(lambda v: pol.sample(params, o, v))(e)
-            lp_ref = standard_normal_log_prob(e) - jnp.linalg.slogdet(jac)[1]
-            a_back = pol.sample(params, o, pol.infer_noise(params, o, a))
-            return x, e_back, lp, lp_ref, a_back
-
-        return jax.vmap(one)(obs, eps, actions)
-
-    return run
 
 
 @pytest.mark.parametrize("act_dim", [1, 2, 3])
@@ -150,3 +120,39 @@ def test_bad_inputs_and_deterministic_log_prob():
     det = mg.policies.deterministic(OBS_DIM, 2, hidden=HIDDEN)
     with pytest.raises(ValueError, match="no density"):
         det.log_prob(random_params(det.init, 0), jnp.zeros(OBS_DIM), jnp.zeros(2))
+
+
+def test_sample_and_log_prob_forward_matches_log_prob_and_survives_saturation():
+    """Away from saturation the forward density equals log_prob(sample); where float32 tanh has
+    rounded the action to ±1 it still equals the float64 density (log_prob does not)."""
+    pol = mg.policies.gaussian(3, 2, hidden=(8,))
+    params = pol.init(jax.random.PRNGKey(0))
+    obs = jnp.array([0.3, -0.2, 0.5])
+    eps = jnp.array([0.4, -1.1])
+    a, lp = pol.sample_and_log_prob(params, obs, eps)
+    np.testing.assert_allclose(a, pol.sample(params, obs, eps), rtol=1e-6)
+    np.testing.assert_allclose(lp, pol.log_prob(params, obs, a), rtol=1e-4)
+    fn_a, fn_lp = mg.policies.sample_and_log_prob(pol, params, obs, eps)
+    np.testing.assert_allclose(fn_lp, lp, rtol=1e-6)
+    # saturate: mean 12 in both dimensions
+    net = dict(params["net"])
+    last = sorted(net)[-1]
+    net[last] = {"kernel": jnp.zeros_like(net[last]["kernel"]), "bias": jnp.array([12.0, -12.0, -1.0, -1.0])}
+    sat = {"net": net}
+    a_sat, lp_sat = pol.sample_and_log_prob(sat, obs, eps)
+    assert np.all(np.abs(np.asarray(a_sat)) == 1.0)
+    with jax.enable_x64(True):
+        s64 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), sat)
+        o64, e64 = jnp.asarray(obs, jnp.float64), jnp.asarray(eps, jnp.float64)
+        ref = float(pol.log_prob(s64, o64, pol.sample(s64, o64, e64)))
+    np.testing.assert_allclose(float(lp_sat), ref, rtol=1e-5)
+    assert abs(float(pol.log_prob(sat, obs, a_sat)) - ref) > 1.0
+
+
+def test_fallback_sample_and_log_prob_for_bundles_without_the_field():
+    pol = mg.policies.gaussian(3, 2, hidden=(8,))
+    bare = pol._replace(sample_and_log_prob=None)
+    params = pol.init(jax.random.PRNGKey(1))
+    obs, eps = jnp.array([0.1, 0.2, 0.3]), jnp.array([0.5, -0.5])
+    a, lp = mg.policies.sample_and_log_prob(bare, params, obs, eps)
+    np.testing.assert_allclose(lp, pol.log_prob(params, obs, pol.sample(params, obs, eps)), rtol=1e-6)

@@ -7,6 +7,7 @@ import pytest
 import mbpo_grad as mg
 from mbpo_grad import linear_gaussian as lg
 from mbpo_grad import score_function as sf
+from tests.mc_checks import error_shrinks
 
 N_SMALL, N_LARGE = 1_000, 16_000
 
@@ -114,17 +115,6 @@ def test_sampled_returns_match_closed_form(mc):
     assert abs(r.mean() - J) < 4.0 * r.std() / np.sqrt(len(r))
 
 
-def _error_shrinks(g, target, n_small):
-    """The error of the full-sample mean is below the RMS error of the means of disjoint n_small subsets
-    (expected ratio sqrt(n_small / N); a robust check that the Monte-Carlo error shrinks with N)."""
-    g = np.asarray(g)
-    k = g.shape[0] // n_small
-    sub = g[: k * n_small].reshape(k, n_small, -1).mean(1)
-    rms_small = float(np.sqrt(np.mean(np.sum((sub - np.reshape(target, -1)) ** 2, -1))))
-    err_large = float(np.linalg.norm(g.reshape(g.shape[0], -1).mean(0) - np.reshape(target, -1)))
-    return err_large < rms_small, (err_large, rms_small)
-
-
 @pytest.mark.parametrize("name", ["svg", "sf", "sf_baseline"])
 def test_estimators_agree_with_exact_gradient(mc, name):
     """Within a few standard errors at 1k and 16k trajectories; the standard error shrinks ~4x."""
@@ -134,7 +124,7 @@ def test_estimators_agree_with_exact_gradient(mc, name):
     z_large, err_large, se_large = _stats(g, exact)
     assert z_small < 4.5 and z_large < 4.5, (z_small, z_large)
     assert np.all(se_large < 0.35 * se_small)
-    ok, info = _error_shrinks(g, exact, N_SMALL)
+    ok, info = error_shrinks(g, exact, N_SMALL)
     assert ok, info
 
 

@@ -3,7 +3,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 
 from experiments import plots as PL
 from experiments import report

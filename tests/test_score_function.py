@@ -7,6 +7,7 @@ import pytest
 import mbpo_grad as mg
 from envs import switching_cart as sc
 from mbpo_grad import score_function as sf
+from tests.mc_checks import error_shrinks
 
 
 @pytest.fixture(scope="module")
@@ -134,17 +135,6 @@ def _stats(g, target):
     return float(np.max(np.abs(mean - target) / se)), float(np.linalg.norm(mean - target)), se
 
 
-def _error_shrinks(g, target, n_small):
-    """The error of the full-sample mean is below the RMS error of the means of disjoint n_small subsets
-    (expected ratio sqrt(n_small / N); a robust check that the Monte-Carlo error shrinks with N)."""
-    g = np.asarray(g)
-    k = g.shape[0] // n_small
-    sub = g[: k * n_small].reshape(k, n_small, -1).mean(1)
-    rms_small = float(np.sqrt(np.mean(np.sum((sub - np.reshape(target, -1)) ** 2, -1))))
-    err_large = float(np.linalg.norm(g.reshape(g.shape[0], -1).mean(0) - np.reshape(target, -1)))
-    return err_large < rms_small, (err_large, rms_small)
-
-
 def test_exact_hybrid_return_matches_finite_differences(cart):
     w, J, g_exact, *_ = cart
     h = 1e-5
@@ -164,7 +154,7 @@ def test_hybrid_gradient_unbiased_and_pure_pathwise_biased(cart):
     z_large, err_large, se_large = _stats(hybrid, g_exact)
     assert z_small < 4.5 and z_large < 4.5, (z_small, z_large)
     assert np.all(se_large < 0.3 * se_small)
-    ok, info = _error_shrinks(hybrid, g_exact, 2000)
+    ok, info = error_shrinks(hybrid, g_exact, 2000)
     assert ok, info
     z_path, err_path, _ = _stats(pathwise, g_exact)
     assert z_path > 50.0

@@ -258,3 +258,45 @@ def test_replay_importance_weights_are_truncated_constants():
     with pytest.raises(ValueError, match="s_next"):
         svg.svg_replay_objective(pol, w, m, mp, {k: v for k, v in batch.items() if k != "s_next"},
                                  key=jax.random.PRNGKey(0))
+
+
+def test_entropy_terms_are_exact_where_float32_tanh_saturates():
+    """A tanh-Gaussian whose pre-squash values are ~12: float32 rounds every action to ±1. The
+    float32 SVG(2) objective with α > 0 (log π computed forward from ε) equals a float64
+    reference written out step by step with the inverse-route log_prob, which float64 still
+    resolves; log_prob of the float32 actions would be off by several nats per step."""
+    pol = mg.policies.gaussian(1, 1, hidden=(8,))
+    params = pol.init(jax.random.PRNGKey(0))
+    net = dict(params["net"])
+    last = sorted(net)[-1]
+    net[last] = {"kernel": jnp.zeros_like(net[last]["kernel"]), "bias": jnp.array([12.0, -1.5])}
+    params = {"net": net}
+    states = jnp.array([[0.5], [-0.3]])
+    noise = jnp.asarray(np.random.default_rng(0).standard_normal((3, 2, 1)), jnp.float32)
+    alpha, horizon = 0.5, 2
+
+    def step(s, a, xi):
+        return s + 0.1 * a
+
+    def reward(s, a):
+        return -jnp.sum(s ** 2)
+
+    got = svg.svg_objective(pol, params, step, reward, states, horizon=horizon, critic=_critic,
+                            alpha=alpha, policy_noise=noise)
+    with jax.enable_x64(True):
+        p64 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), params)
+        total = 0.0
+        for b in range(2):
+            s = jnp.asarray(states[b], jnp.float64)
+            for t in range(horizon + 1):
+                a = pol.sample(p64, s, jnp.asarray(noise[t, b], jnp.float64))
+                assert abs(float(a[0])) < 1.0
+                bonus = -alpha * float(pol.log_prob(p64, s, a))
+                if t < horizon:
+                    total += float(reward(s, a)) + bonus
+                    s = step(s, a, None)
+                else:
+                    total += float(_critic(s, a)) + bonus
+        ref = total / 2
+    assert float(pol.sample(params, states[0], noise[0, 0])[0]) == 1.0
+    np.testing.assert_allclose(float(got), ref, rtol=1e-5)

@@ -8,6 +8,7 @@ import pytest
 from mbpo_grad import score_function as sf
 from mbpo_grad import tabular as tb
 from mbpo_grad.returns import reward_to_go
+from tests.mc_checks import error_shrinks
 
 GAMMA, HORIZON = 0.7, 40  # truncation bias of order γ^T ≈ 6e-7, far below the Monte-Carlo error
 N_SMALL, N_LARGE = 2_000, 32_000
@@ -41,17 +42,6 @@ def _z(samples, target):
     mean = samples.mean(0)
     se = samples.std(0, ddof=1) / np.sqrt(samples.shape[0])
     return float(np.max(np.abs(mean - target) / se)), float(np.linalg.norm(mean - target)), float(se.mean())
-
-
-def _error_shrinks(g, target, n_small):
-    """The error of the full-sample mean is below the RMS error of the means of disjoint n_small subsets
-    (expected ratio sqrt(n_small / N); a robust check that the Monte-Carlo error shrinks with N)."""
-    g = np.asarray(g)
-    k = g.shape[0] // n_small
-    sub = g[: k * n_small].reshape(k, n_small, -1).mean(1)
-    rms_small = float(np.sqrt(np.mean(np.sum((sub - np.reshape(target, -1)) ** 2, -1))))
-    err_large = float(np.linalg.norm(g.reshape(g.shape[0], -1).mean(0) - np.reshape(target, -1)))
-    return err_large < rms_small, (err_large, rms_small)
 
 
 def _per_episode_grads(theta, eps, value_tables, lams):
@@ -142,7 +132,7 @@ def test_score_function_estimators_converge(mc, name):
     z_large, err_large, se_large = _z(g, target)
     assert z_small < 4.5 and z_large < 4.5, (z_small, z_large)
     assert se_large < 0.3 * se_small
-    ok, info = _error_shrinks(g, target, N_SMALL)
+    ok, info = error_shrinks(g, target, N_SMALL)
     assert ok, info
     if name == "gae2":  # the biased one is detectably away from the true gradient
         z_true, _, _ = _z(g, np.asarray(tb.policy_gradient(mdp, theta)))

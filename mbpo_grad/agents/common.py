@@ -49,6 +49,31 @@ class Agent(NamedTuple):
     name: str = "agent"
 
 
+# --------------------------------------------------------------------------- config validation
+def pos_int(value, name, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def make_env(name, **kw):
+    import envs
+
+    if not isinstance(name, str):
+        raise TypeError(f"env must be an environment name (str), got {type(name).__name__}")
+    try:
+        return envs.make(name, **kw)
+    except ValueError as err:
+        raise ValueError(f"env: {err}") from None
+
+
+def check_hidden(h, name):
+    if not isinstance(h, (tuple, list)) or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in h):
+        raise ValueError(f"{name} must be a tuple of positive ints, got {h!r}")
+
+
 def _split_keys(key, iterations, eval_every):
     k_init, k_iter, k_eval = jax.random.split(key, 3)
     n_blocks = -(-iterations // eval_every)

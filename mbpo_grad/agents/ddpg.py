@@ -28,9 +28,7 @@ import optax
 
 from mbpo_grad import critics as C
 from mbpo_grad import exploration as X
-from mbpo_grad.agents import common
 from mbpo_grad.agents import offpolicy as OP
-from mbpo_grad.agents.common import Agent
 from mbpo_grad.objectives import actor_q_objective
 from mbpo_grad.policies.base import Policy, as_engine_policy
 from mbpo_grad.policies.deterministic import deterministic
@@ -167,29 +165,7 @@ def make_algo(config: DDPGConfig, env, policy: Optional[Policy] = None) -> OP.Of
     return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, greedy, learn, "ddpg")
 
 
-def make_agent(config: DDPGConfig, *, env=None, policy: Optional[Policy] = None) -> Agent:
-    env, episode_length = validate(config, env)
-    return OP.make_agent(config, make_algo(config, env, policy), env, episode_length)
-
-
-def make_train_fn(config: DDPGConfig, *, env=None, policy: Optional[Policy] = None):
-    """A pure ``train_fn(key, hparams) -> (state, metrics, eval_returns)`` (jit / vmap / sweeps)."""
-    return common.make_train_fn(make_agent(config, env=env, policy=policy), config.iterations, config.eval_every)
-
-
-def train(config: DDPGConfig, key: jax.Array, *, hparams: Optional[HParams] = None, env=None,
-          policy: Optional[Policy] = None, progress: bool = True, stream=None,
-          **run_kw):
-    """Train DDPG; returns (final ``OffPolicyState``, metrics) — see ``offpolicy.train``.
-
-    ``run_kw``: ``on_block`` / ``resume``, passed to ``common.run`` (checkpoints).
-    """
-    hparams = config.hparams() if hparams is None else hparams
-    if not isinstance(hparams, HParams):
-        raise TypeError(f"hparams must be a ddpg.HParams, got {type(hparams).__name__}")
-    check_hparams(hparams)
-    agent = make_agent(config, env=env, policy=policy)
-    return OP.train(agent, config, key, hparams, progress=progress, stream=stream, **run_kw)
+make_agent, make_train_fn, train = OP.entry_points("ddpg", validate, make_algo, HParams, check_hparams)
 
 
 __all__ = ["DDPGConfig", "HParams", "DDPGLearner", "dpg_actor_loss", "q_targets", "make_algo", "make_agent",

@@ -61,7 +61,7 @@ from mbpo_grad.models.ensemble import GaussianEnsemble, ModelParams, gaussian_en
 from mbpo_grad.objectives import pathwise_returns
 from mbpo_grad.policies.base import Policy
 from mbpo_grad.policies.gaussian import gaussian
-from mbpo_grad.svg import soft_reward_and_critic
+from mbpo_grad.svg import soft_rollout
 
 PyTree = Any
 
@@ -276,18 +276,17 @@ def make_algo(config: ModelBasedConfig, env, policy: Optional[Policy] = None,
         def value(params, obs):
             return critic.apply(params, norm(stats, obs))
 
-        def pi(params, state, e):
-            return policy.sample(params, norm(stats, state.obs), e)
-
         def bootstrap(state, action):
             return value(l.critic_target, state.obs)
 
         def actor_loss(pp):
             alpha = hp.alpha if config.entropy else None
-            soft_reward, _ = soft_reward_and_critic(
-                policy, pp, base_reward, None, alpha, lambda s: norm(stats, s.obs))
-            rets, traj = pathwise_returns(pi, pp, step, soft_reward, states0, horizon=n, gamma=hp.gamma,
-                                          bootstrap=bootstrap, policy_noise=eps, dynamics_noise=xi,
+            # soft V(s_n) bootstrap: no extra bonus at s_n (it already holds the future entropy)
+            pi_s, step_s, soft_reward, boot_s = soft_rollout(
+                policy, step, base_reward, bootstrap, alpha, lambda s: norm(stats, s.obs),
+                bonus_on_bootstrap=False)
+            rets, traj = pathwise_returns(pi_s, pp, step_s, soft_reward, states0, horizon=n, gamma=hp.gamma,
+                                          bootstrap=boot_s, policy_noise=eps, dynamics_noise=xi,
                                           done=model_done)
             return -jnp.mean(rets) / n, (traj, rets)
 

@@ -30,9 +30,7 @@ import optax
 
 from mbpo_grad import critics as C
 from mbpo_grad import exploration as X
-from mbpo_grad.agents import common
 from mbpo_grad.agents import offpolicy as OP
-from mbpo_grad.agents.common import Agent
 from mbpo_grad.agents.ddpg import _policy_for, dpg_actor_loss, q_targets
 from mbpo_grad.policies.base import Policy
 
@@ -142,25 +140,7 @@ def make_algo(config: NFQCAConfig, env, policy: Optional[Policy] = None) -> OP.O
     return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, greedy, learn, "nfqca")
 
 
-def make_agent(config: NFQCAConfig, *, env=None, policy: Optional[Policy] = None) -> Agent:
-    env, episode_length = validate(config, env)
-    return OP.make_agent(config, make_algo(config, env, policy), env, episode_length)
-
-
-def make_train_fn(config: NFQCAConfig, *, env=None, policy: Optional[Policy] = None):
-    return common.make_train_fn(make_agent(config, env=env, policy=policy), config.iterations, config.eval_every)
-
-
-def train(config: NFQCAConfig, key: jax.Array, *, hparams: Optional[HParams] = None, env=None,
-          policy: Optional[Policy] = None, progress: bool = True, stream=None,
-          **run_kw):
-    """Train NFQCA; returns (final ``OffPolicyState``, metrics) — see ``offpolicy.train``."""
-    hparams = config.hparams() if hparams is None else hparams
-    if not isinstance(hparams, HParams):
-        raise TypeError(f"hparams must be a nfqca.HParams, got {type(hparams).__name__}")
-    check_hparams(hparams)
-    agent = make_agent(config, env=env, policy=policy)
-    return OP.train(agent, config, key, hparams, progress=progress, stream=stream, **run_kw)
+make_agent, make_train_fn, train = OP.entry_points("nfqca", validate, make_algo, HParams, check_hparams)
 
 
 __all__ = ["NFQCAConfig", "HParams", "NFQCALearner", "make_algo", "make_agent", "make_train_fn", "train",

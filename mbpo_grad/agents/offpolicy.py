@@ -116,28 +116,7 @@ class OffPolicyState(NamedTuple):
 
 
 # --------------------------------------------------------------------------- validation
-def pos_int(value, name, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def make_env(name, **kw):
-    import envs
-
-    if not isinstance(name, str):
-        raise TypeError(f"env must be an environment name (str), got {type(name).__name__}")
-    try:
-        return envs.make(name, **kw)
-    except ValueError as err:
-        raise ValueError(f"env: {err}") from None
-
-
-def check_hidden(h, name):
-    if not isinstance(h, (tuple, list)) or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in h):
-        raise ValueError(f"{name} must be a tuple of positive ints, got {h!r}")
+pos_int, make_env, check_hidden = common.pos_int, common.make_env, common.check_hidden
 
 
 def check_hparams(hp, *, unit=(), positive=(), nonneg=(), finite=()):
@@ -352,3 +331,34 @@ def adam(lr, max_grad_norm=0.0):
 
 __all__ = ["OffPolicyAlgo", "OffPolicyConfig", "OffPolicyState", "make_agent", "train", "validate",
            "sample_batches", "transition_example", "check_hparams", "adam", "make_env"]
+
+
+def entry_points(name: str, validate: Callable, make_algo: Callable, hparams_type: type, check_hparams: Callable):
+    """``(make_agent, make_train_fn, train)`` of an off-policy agent module, built from its parts.
+
+    ``validate(config, env) -> (env, episode_length)``, ``make_algo(config, env, policy) ->
+    OffPolicyAlgo``, ``hparams_type`` (the module's ``HParams``), ``check_hparams(hp)``.
+    """
+    build = make_agent
+
+    def agent_fn(config, *, env=None, policy=None) -> Agent:
+        env, episode_length = validate(config, env)
+        return build(config, make_algo(config, env, policy), env, episode_length)
+
+    def train_fn(config, *, env=None, policy=None):
+        """A pure ``train_fn(key, hparams) -> (state, metrics, eval_returns)`` (jit / vmap / sweeps)."""
+        return common.make_train_fn(agent_fn(config, env=env, policy=policy), config.iterations, config.eval_every)
+
+    def run_fn(config, key, *, hparams=None, env=None, policy=None, progress=True, stream=None, **run_kw):
+        hparams = config.hparams() if hparams is None else hparams
+        if not isinstance(hparams, hparams_type):
+            raise TypeError(f"hparams must be a {name}.HParams, got {type(hparams).__name__}")
+        check_hparams(hparams)
+        return train(agent_fn(config, env=env, policy=policy), config, key, hparams, progress=progress,
+                     stream=stream, **run_kw)
+
+    agent_fn.__name__, train_fn.__name__, run_fn.__name__ = "make_agent", "make_train_fn", "train"
+    agent_fn.__doc__ = f"The ``Agent`` running {name.upper()} on ``env`` (validated config; ``policy`` optional)."
+    run_fn.__doc__ = (f"Train {name.upper()}; returns (final ``OffPolicyState``, metrics) — see ``offpolicy.train``.\n\n"
+                      "``run_kw``: ``on_block`` / ``resume``, passed to ``common.run`` (checkpoints).")
+    return agent_fn, train_fn, run_fn

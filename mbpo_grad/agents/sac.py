@@ -28,11 +28,9 @@ import optax
 
 from mbpo_grad import critics as C
 from mbpo_grad import trust_region as TR
-from mbpo_grad.agents import common
 from mbpo_grad.agents import offpolicy as OP
-from mbpo_grad.agents.common import Agent
 from mbpo_grad.objectives import actor_q_objective
-from mbpo_grad.policies.base import Policy, as_engine_policy
+from mbpo_grad.policies.base import Policy, sample_and_log_prob
 from mbpo_grad.policies.gaussian import gaussian
 
 PyTree = Any
@@ -90,18 +88,21 @@ def sac_actor_loss(policy: Policy, q_fn: Callable, actor_params: PyTree, obs: ja
     The bootstrap of the engine's objective is the soft value Q(s, a) − α log π_w(a|s), so
     the gradient is the total (reparameterised) derivative through a and through log π_w.
     """
-    def soft_q(o, a):
-        return q_fn(o, a) - alpha * policy.log_prob(actor_params, o, a)
+    def pi(params, o, e):  # the engine's "action" is (a, log π(a|s)), the density computed forward from ε
+        return sample_and_log_prob(policy, params, o, e)
 
-    return -actor_q_objective(as_engine_policy(policy), actor_params, soft_q, obs, policy_noise=eps[None])
+    def soft_q(o, action_and_lp):
+        a, lp = action_and_lp
+        return q_fn(o, a) - alpha * lp
+
+    return -actor_q_objective(pi, actor_params, soft_q, obs, policy_noise=eps[None])
 
 
 def soft_targets(policy: Policy, twin: Any, actor_params: PyTree, critic_target: PyTree,
                  batch: Dict[str, jax.Array], eps: jax.Array, alpha: Any, gamma: Any) -> jax.Array:
     """y = r + γ d (min_i Q'_i(s', a') − α log π(a'|s')), a' = π(s', ε'), eps [B, *noise_shape]."""
     nxt = batch["next_obs"]
-    a_next = jax.vmap(policy.sample, in_axes=(None, 0, 0))(actor_params, nxt, eps)
-    lp = jax.vmap(policy.log_prob, in_axes=(None, 0, 0))(actor_params, nxt, a_next)
+    a_next, lp = jax.vmap(lambda o, e: sample_and_log_prob(policy, actor_params, o, e))(nxt, eps)
     q_next = jax.vmap(lambda o, a: C.twin_min(twin, critic_target, o, a))(nxt, a_next)
     return batch["reward"] + gamma * batch["discount"] * (q_next - alpha * lp)
 
@@ -204,8 +205,7 @@ def make_algo(config: SACConfig, env, policy: Optional[Policy] = None) -> OP.Off
 
         la, al_opt = l.log_alpha, l.alpha_opt
         if config.learn_alpha:
-            a_new = jax.vmap(policy.sample, in_axes=(None, 0, 0))(ap, obs, eps)
-            lp = jax.vmap(policy.log_prob, in_axes=(None, 0, 0))(ap, obs, a_new)
+            _, lp = jax.vmap(lambda o, e: sample_and_log_prob(policy, ap, o, e))(obs, eps)
             H = hp.target_entropy * act_dim
             g = jax.grad(temperature_loss)(l.log_alpha, lp, H)
             upd, al_opt = OP.adam(hp.alpha_lr).update(g, l.alpha_opt, l.log_alpha)
@@ -224,25 +224,7 @@ def make_algo(config: SACConfig, env, policy: Optional[Policy] = None) -> OP.Off
     return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, greedy, learn, name)
 
 
-def make_agent(config: SACConfig, *, env=None, policy: Optional[Policy] = None) -> Agent:
-    env, episode_length = validate(config, env)
-    return OP.make_agent(config, make_algo(config, env, policy), env, episode_length)
-
-
-def make_train_fn(config: SACConfig, *, env=None, policy: Optional[Policy] = None):
-    return common.make_train_fn(make_agent(config, env=env, policy=policy), config.iterations, config.eval_every)
-
-
-def train(config: SACConfig, key: jax.Array, *, hparams: Optional[HParams] = None, env=None,
-          policy: Optional[Policy] = None, progress: bool = True, stream=None,
-          **run_kw):
-    """Train SAC; returns (final ``OffPolicyState``, metrics) — see ``offpolicy.train``."""
-    hparams = config.hparams() if hparams is None else hparams
-    if not isinstance(hparams, HParams):
-        raise TypeError(f"hparams must be a sac.HParams, got {type(hparams).__name__}")
-    check_hparams(hparams)
-    agent = make_agent(config, env=env, policy=policy)
-    return OP.train(agent, config, key, hparams, progress=progress, stream=stream, **run_kw)
+make_agent, make_train_fn, train = OP.entry_points("sac", validate, make_algo, HParams, check_hparams)
 
 
 __all__ = ["SACConfig", "HParams", "SACLearner", "sac_actor_loss", "soft_targets", "temperature_loss",

@@ -112,6 +112,10 @@ class SHACConfig:
       than half of the envs masked); checked after each block of ``eval_every`` iterations.
     x64: run in float64 (parameters, normaliser, env states; Brax / MJX envs are built with
       ``x64=True``). Needs ``jax_enable_x64`` on before any array is created.
+    actor_warmup: the first iterations train only the critic (the actor's gradient is computed
+      but not applied). Where the reward's own pathwise gradient is zero (Brax's inverted
+      pendulum pays +1 while alive) the actor's only signal is V at the window end, and an
+      untrained critic turns it into noise that Adam follows at full step size.
 
     Defaults follow the SHAC paper's cart-pole setting (actor lr 1e-2, critic lr 1e-3, Adam
     betas (0.7, 0.95), λ = 0.95, γ = 0.99, τ = 0.8, clip 1.0, linear decay, n = 32) at a CPU
@@ -137,6 +141,7 @@ class SHACConfig:
     eval_every: int = 50
     eval_envs: int = 32
     remat: bool = False
+    actor_warmup: int = 0
     # reliability (see "Guards" in the module docstring)
     guard: str = "per_env"
     max_grad_norm_to_skip: float = 1e6
@@ -187,21 +192,7 @@ class SHACState(NamedTuple):
 
 
 # --------------------------------------------------------------------------- validation
-def _pos_int(value, name, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _make_env(name, **kw):
-    import envs
-
-    if not isinstance(name, str):
-        raise TypeError(f"env must be an environment name (str), got {type(name).__name__}")
-    try:
-        return envs.make(name, **kw)
-    except ValueError as err:
-        raise ValueError(f"env: {err}") from None
+_pos_int, _make_env = common.pos_int, common.make_env
 
 
 def validate(config: SHACConfig, env=None) -> Tuple[Any, int]:
@@ -232,6 +223,7 @@ def validate(config: SHACConfig, env=None) -> Tuple[Any, int]:
     _pos_int(config.critic_minibatches, "critic_minibatches")
     _pos_int(config.eval_every, "eval_every")
     _pos_int(config.eval_envs, "eval_envs")
+    _pos_int(config.actor_warmup, "actor_warmup", minimum=0)
     if config.critic_minibatches > config.horizon * config.num_envs:
         raise ValueError(
             f"critic_minibatches ({config.critic_minibatches}) must be <= horizon*num_envs "
@@ -408,7 +400,12 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
             all_masked = jnp.zeros((), bool)
         updates, a_opt = actor_opt(hp).update(grads, state.actor_opt, params, skip=all_masked, value=loss)
         pp = optax.apply_updates(params, updates)
-        actor_stats = guards.skip_stats(a_opt)
+        actor_stats = guards.skip_stats(a_opt)  # reported even in warm-up: the gradient that was not applied
+        if config.actor_warmup > 0:  # critic-only iterations: keep the actor and its optimiser
+            warm = state.iteration < config.actor_warmup
+            keep_old = lambda new, old: jnp.where(warm, old, new)
+            pp = jax.tree_util.tree_map(keep_old, pp, params)
+            a_opt = jax.tree_util.tree_map(keep_old, a_opt, state.actor_opt)
         traj = jax.lax.stop_gradient(traj)
 
         # Envs whose window is unusable (masked, or any state / reward non-finite) feed neither

@@ -5,13 +5,24 @@
                                                (eps=None: the noise-free / mode action)
     eps = pol.infer_noise(params, obs, a)      exact inverse of sample in eps
     lp  = pol.log_prob(params, obs, a)         scalar, summed over action dimensions
+    a, lp = pol.sample_and_log_prob(params, obs, eps)
+                                               the action and its log-density computed FORWARD
+                                               from eps (None for a bundle without a density)
+
+Why ``sample_and_log_prob``: a squashed policy's ``log_prob(a)`` must first undo the squash,
+``u = atanh(a)``. In float32 ``tanh(u)`` rounds to exactly ±1 once |u| ≳ 9, so the inverse
+sees a clipped action and returns the density of a different pre-squash value. Computed
+forward from ε, ``log π = log N(ε) − log|det ∂a/∂ε|`` needs no inverse and stays exact.
+Entropy terms on the policy's own samples (SVG, SAC) therefore use the module function
+``sample_and_log_prob(pol, params, obs, eps)``, which falls back to ``log_prob(sample(...))``
+for a user bundle that does not provide the field.
 
 ``as_engine_policy(pol, observe)`` adapts a bundle to the engine's
 ``policy(params, state, eps)`` form.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Tuple
+from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 
 class Policy(NamedTuple):
@@ -23,6 +34,19 @@ class Policy(NamedTuple):
     obs_dim: int
     act_dim: int
     name: str = "policy"
+    sample_and_log_prob: Optional[Callable[[Any, Any, Any], Any]] = None
+
+
+def sample_and_log_prob(pol: Policy, params, obs, eps):
+    """``(a, log π(a|obs))`` for ``a = pol.sample(params, obs, eps)``, the density computed forward.
+
+    Uses ``pol.sample_and_log_prob`` when the bundle has one (gaussian, flow); otherwise
+    ``pol.log_prob(params, obs, pol.sample(params, obs, eps))``.
+    """
+    if getattr(pol, "sample_and_log_prob", None) is not None:
+        return pol.sample_and_log_prob(params, obs, eps)
+    action = pol.sample(params, obs, eps)
+    return action, pol.log_prob(params, obs, action)
 
 
 def as_engine_policy(pol: Policy, observe: Callable[[Any], Any] = lambda s: s):

@@ -13,6 +13,8 @@
   ``sinh_arcsinh`` followed by ``conditional_affine``, both conditioned on the
   observation only. The sinh-arcsinh map is what makes a 1-D flow non-Gaussian (skew,
   tails, two modes); a stack of affine layers alone would collapse to one affine map.
+  Tail, skew and scale parameters share budgets split over the K layers, so a deep stack
+  cannot blow the pre-squash value up (see ``flow``).
 * every layer after the base has a zero-initialised last layer: a fresh flow is the
   Gaussian policy given by the base layer.
 
@@ -21,6 +23,8 @@ Bundle (per observation; batch with ``jax.vmap``)::
     a   = pol.sample(params, obs, eps)         eps=None → the image of ε = 0
     eps = pol.infer_noise(params, obs, a)      exact inverse through every layer
     lp  = pol.log_prob(params, obs, a)         log N(ε) − Σ_k log|det ∂f_k|
+    a, lp = pol.sample_and_log_prob(params, obs, eps)   the same, forward from ε (exact where
+                                               float32 tanh has rounded the action to ±1)
 
 ``eps=None`` returns the action at the base mode ε = 0 (for ``layers=0`` the Gaussian's
 mode ``tanh(μ)``; a multimodal flow's density need not peak there). Out-of-range actions:
@@ -40,11 +44,16 @@ from mbpo_grad.policies.gaussian import _check_int
 
 def flow_bijector(obs_dim: int, act_dim: int, layers: int = 4, hidden: Sequence[int] = (64, 64),
                   base_affine: bool = True, log_std_min: float = -5.0, log_std_max: float = 2.0,
-                  log_scale_bound: float = 3.0) -> bj.Bijector:
+                  log_scale_bound: float = 3.0, log_tail_bound: float = 2.0, skew_bound: float = 3.0,
+                  shift_bound: float = 3.0) -> bj.Bijector:
     """The chain ``[base] → K layers → tanh`` used by ``flow`` (context = observation)."""
     obs_dim = _check_int(obs_dim, "obs_dim")
     act_dim = _check_int(act_dim, "act_dim")
     layers = _check_int(layers, "layers", minimum=0)
+    for name, value in (("log_scale_bound", log_scale_bound), ("log_tail_bound", log_tail_bound),
+                        ("skew_bound", skew_bound), ("shift_bound", shift_bound)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     parts = []
     if base_affine:
         parts.append(bj.conditional_affine(act_dim, obs_dim, hidden=hidden, zero_init=False,
@@ -53,17 +62,20 @@ def flow_bijector(obs_dim: int, act_dim: int, layers: int = 4, hidden: Sequence[
         if act_dim >= 2:
             parts.append(bj.affine_coupling(act_dim, obs_dim, parity=k % 2, hidden=hidden,
                                             log_scale_bound=log_scale_bound))
-        else:
-            parts.append(bj.sinh_arcsinh(1, obs_dim, hidden=hidden))
+        else:  # budgets shared by the K layers: the stack's growth does not compound with K
+            parts.append(bj.sinh_arcsinh(1, obs_dim, hidden=hidden, log_tail_bound=log_tail_bound / layers,
+                                         skew_bound=skew_bound / layers))
             parts.append(bj.conditional_affine(1, obs_dim, hidden=hidden, zero_init=True,
-                                               log_scale_bound=log_scale_bound))
+                                               log_scale_bound=log_scale_bound / layers,
+                                               shift_bound=shift_bound))
     parts.append(bj.tanh(act_dim))
     return bj.chain(parts)
 
 
 def flow(obs_dim: int, act_dim: int, layers: int = 4, hidden: Sequence[int] = (64, 64),
          base_affine: bool = True, log_std_min: float = -5.0, log_std_max: float = 2.0,
-         log_scale_bound: float = 3.0) -> Policy:
+         log_scale_bound: float = 3.0, log_tail_bound: float = 2.0, skew_bound: float = 3.0,
+         shift_bound: float = 3.0) -> Policy:
     """A normalizing-flow policy bundle (see module docstring).
 
     Args:
@@ -72,12 +84,24 @@ def flow(obs_dim: int, act_dim: int, layers: int = 4, hidden: Sequence[int] = (6
       hidden: conditioner MLP widths (every layer has its own MLP).
       base_affine: start with the state-conditioned affine base ``μ(s) + σ(s) ε``.
       log_std_min, log_std_max: smooth-clip bounds of the base layer's log σ.
-      log_scale_bound: soft-clamp bound of each coupling / 1-D affine layer's log-scale.
+      log_scale_bound: soft-clamp bound of each coupling layer's log-scale; for a 1-D flow
+        the budget of the K affine layers together (each gets ``log_scale_bound / K``).
+      log_tail_bound, skew_bound: 1-D flows only: budgets of the K sinh-arcsinh layers'
+        log tail parameter ``log b`` and skew ``a`` (each layer gets ``/ K``).
+      shift_bound: 1-D flows only: soft-clamp bound of each affine layer's shift (the base
+        layer's mean stays free).
+
+    Why budgets for 1-D: ``sinh(b asinh x)`` grows like ``|x|^b`` and the affine layers in
+    between multiply before the next power, so per-layer bounds compound. With ``log b`` up
+    to 2 in each of K = 2 layers and free shifts, SHAC drove a pendulum policy to
+    pre-squash values ~1e30 and NaN gradients (0 · inf through the saturated tanh). With
+    shared budgets the worst case over |ε| ≤ 5 and a base mean of 100 stays below ~1e26
+    for every K (float32 holds 3e38); K = 1 keeps its tail and scale ranges.
 
     ``params`` is a tuple with one entry per bijector of ``flow_bijector(...)``.
     """
     bijector = flow_bijector(obs_dim, act_dim, layers, hidden, base_affine, log_std_min, log_std_max,
-                             log_scale_bound)
+                             log_scale_bound, log_tail_bound, skew_bound, shift_bound)
     density = bj.transformed_normal(bijector)
 
     def sample(params, obs, eps=None):
@@ -97,7 +121,13 @@ def flow(obs_dim: int, act_dim: int, layers: int = 4, hidden: Sequence[int] = (6
         action = check_action(action, act_dim)
         return density.log_prob(params, action, obs)
 
-    return Policy(density.init, sample, infer_noise, log_prob, (act_dim,), obs_dim, act_dim, "flow")
+    def sample_and_log_prob(params, obs, eps):
+        obs = check_vector(obs, obs_dim, "obs")
+        eps = check_vector(eps, act_dim, "eps")
+        return density.sample_and_log_prob(params, eps, obs)
+
+    return Policy(density.init, sample, infer_noise, log_prob, (act_dim,), obs_dim, act_dim, "flow",
+                  sample_and_log_prob)
 
 
 __all__ = ["flow", "flow_bijector"]

@@ -7,6 +7,8 @@ The SAC / SVG actor (theory §1, §4, §5). Per observation (batch with ``jax.vm
     a   = pol.sample(params, obs, eps)        eps=None → the mode tanh(μ)
     eps = pol.infer_noise(params, obs, a)     ε = (atanh(a) − μ) / σ     (exact inverse)
     lp  = pol.log_prob(params, obs, a)        exact, summed over action dimensions
+    a, lp = pol.sample_and_log_prob(params, obs, eps)   the same density from u = μ + σ ε
+                                              (no atanh: exact where float32 tanh saturates)
 
 With ``u = atanh(a)``, ``ε = (u − μ)/σ``, the change of variables through the affine map
 and the squash gives
@@ -98,7 +100,15 @@ def gaussian(obs_dim: int, act_dim: int, hidden: Sequence[int] = (64, 64), log_s
         eps = (u - mu) * jnp.exp(-log_std)
         return standard_normal_log_prob(eps) - jnp.sum(log_std) - jnp.sum(log1m_tanh_sq(u))
 
-    pol = Policy(init, sample, infer_noise, log_prob, (act_dim,), obs_dim, act_dim, "gaussian")
+    def sample_and_log_prob(params, obs, eps):
+        obs = check_vector(obs, obs_dim, "obs")
+        eps = check_vector(eps, act_dim, "eps")
+        mu, log_std = mean_and_log_std(params, obs)
+        u = mu + jnp.exp(log_std) * eps
+        return jnp.tanh(u), standard_normal_log_prob(eps) - jnp.sum(log_std) - jnp.sum(log1m_tanh_sq(u))
+
+    pol = Policy(init, sample, infer_noise, log_prob, (act_dim,), obs_dim, act_dim, "gaussian",
+                 sample_and_log_prob)
     return pol
 
 
