@@ -42,6 +42,7 @@ import numpy as np
 
 import mbpo_grad as mg
 from experiments import plots as PL
+from mbpo_grad.agents import common
 from mbpo_grad.agents import model_based as MB
 from mbpo_grad.agents import shac
 
@@ -78,17 +79,8 @@ def _train_fn(agent: str, config, policy):
 
 def run_policy(agent: str, config, policy, seeds: np.ndarray) -> Dict[str, np.ndarray]:
     """One policy over all seeds (vmapped): env steps at each evaluation, eval returns [seeds, evals]."""
-    train_fn = _train_fn(agent, config, policy)
-    hp = config.hparams()
-    iterations, eval_every = config.iterations, min(config.eval_every, config.iterations)
-    eval_its = np.minimum(np.arange(1, -(-iterations // eval_every) + 1) * eval_every, iterations)
-
-    def run(key, _):
-        _, metrics, evals = train_fn(key, hp)
-        return {"env_steps": metrics["env_steps"][eval_its - 1], "eval_return": evals}
-
-    out = mg.sweep(run, seeds=seeds)
-    return {k: v[0] for k, v in out.items()}
+    return common.eval_curves_over_seeds(_train_fn(agent, config, policy), config.hparams(), config.iterations,
+                                         config.eval_every, seeds)
 
 
 def run_experiment(out: str, *, env: str = "pendulum", agent: str = "shac", seeds: int = 4, seed: int = 0,

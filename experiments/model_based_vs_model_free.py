@@ -33,8 +33,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-import mbpo_grad as mg
 from experiments import plots as PL
+from mbpo_grad.agents import common
 from mbpo_grad.agents import model_based as MB
 from mbpo_grad.agents import shac
 
@@ -69,18 +69,9 @@ def steps_to_target(env_steps: np.ndarray, returns: np.ndarray, target: float) -
 
 
 def _sweep_agent(make_train_fn, config, seeds: np.ndarray) -> Dict[str, np.ndarray]:
-    """Vmapped over seeds (one program): env steps at each evaluation and the eval returns."""
-    train_fn = make_train_fn(config)
-    hp = config.hparams()
-    iterations, eval_every = config.iterations, min(config.eval_every, config.iterations)
-    eval_its = np.minimum(np.arange(1, -(-iterations // eval_every) + 1) * eval_every, iterations)
-
-    def run(key, _):
-        _, metrics, evals = train_fn(key, hp)
-        return {"env_steps": metrics["env_steps"][eval_its - 1], "eval_return": evals}
-
-    out = mg.sweep(run, seeds=seeds)
-    return {k: v[0] for k, v in out.items()}   # drop the (single) grid axis: [seeds, evals]
+    """Vmapped over seeds (one program): env steps at each evaluation and the eval returns [seeds, evals]."""
+    return common.eval_curves_over_seeds(make_train_fn(config), config.hparams(), config.iterations,
+                                         config.eval_every, seeds)
 
 
 def _summary(name, res, target, wall, config) -> Dict[str, Any]:

@@ -116,6 +116,11 @@ def test_x64_run_whose_updates_are_all_skipped_stops_with_exit_1(tmp_path):
 
 
 @pytest.mark.parametrize("argv, match", [
+    (["--env", "nope"], "--env: unknown environment 'nope'"),
+    (["--n", "-1"], "--n must be >= 1"),
+    (["--n", "500"], r"horizon \(500\) must be <= episode_length \(200\)"),
+    (["--num-envs", "0"], "--num-envs must be >= 1"),
+    (["--iterations", "x"], "invalid int value"),
     (["--checkpoint-every", "3", "--eval-every", "2"], "--checkpoint-every must be a positive multiple of --eval-every"),
     (["--guard", "sometimes"], "--guard must be one of per_env, batch"),
     (["--max-grad-norm-to-skip", "0"], "--max-grad-norm-to-skip must be > 0"),

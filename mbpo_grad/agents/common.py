@@ -36,7 +36,9 @@ import numpy as np
 import optax
 from jax import lax
 
+from mbpo_grad.policies.base import Policy
 from mbpo_grad.rollout import TransitionReward, transition_reward
+from mbpo_grad.sweeps import sweep
 
 PyTree = Any
 
@@ -72,6 +74,22 @@ def make_env(name, **kw):
 def check_hidden(h, name):
     if not isinstance(h, (tuple, list)) or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in h):
         raise ValueError(f"{name} must be a tuple of positive ints, got {h!r}")
+
+
+def policy_for(env, policy, default: Callable[[], Any], *, density_error: Optional[str] = None):
+    """The policy bundle an agent runs: ``default()`` when ``policy`` is None, else ``policy``,
+    checked to be a ``Policy`` whose sizes match ``env``. ``density_error``: the message of the
+    ``ValueError`` for a deterministic bundle when the agent needs a density."""
+    if policy is None:
+        policy = default()
+    if not isinstance(policy, Policy):
+        raise TypeError(f"policy must be a mbpo_grad.policies.Policy bundle, got {type(policy).__name__}")
+    if density_error is not None and tuple(policy.noise_shape) == (0,):
+        raise ValueError(density_error)
+    if policy.obs_dim != env.obs_size or policy.act_dim != env.action_size:
+        raise ValueError(f"policy: obs_dim/act_dim ({policy.obs_dim}, {policy.act_dim}) do not match the env "
+                         f"({env.obs_size}, {env.action_size})")
+    return policy
 
 
 def _split_keys(key, iterations, eval_every):
@@ -124,6 +142,25 @@ def make_train_fn(agent: Agent, iterations: int, eval_every: int):
         return state, metrics, jnp.concatenate(evals, 0)
 
     return train_fn
+
+
+def eval_iterations(iterations: int, eval_every: int) -> np.ndarray:
+    """The iteration count at each evaluation of ``make_train_fn`` (eval_every, 2·eval_every, …, iterations)."""
+    eval_every = min(eval_every, iterations)
+    return np.minimum(np.arange(1, -(-iterations // eval_every) + 1) * eval_every, iterations)
+
+
+def eval_curves_over_seeds(train_fn: Callable, hparams, iterations: int, eval_every: int, seeds) -> Dict[str, np.ndarray]:
+    """``train_fn`` over seeds as one vmapped program (``mg.sweep``): env steps at each
+    evaluation and the evaluation returns, both [seeds, evaluations]."""
+    eval_its = eval_iterations(iterations, eval_every)
+
+    def run(key, _):
+        _, metrics, evals = train_fn(key, hparams)
+        return {"env_steps": metrics["env_steps"][eval_its - 1], "eval_return": evals}
+
+    out = sweep(run, seeds=seeds)
+    return {k: v[0] for k, v in out.items()}   # drop the (single) grid axis
 
 
 def _check_loop(iterations, eval_every):

@@ -28,6 +28,7 @@ import optax
 
 from mbpo_grad import critics as C
 from mbpo_grad import exploration as X
+from mbpo_grad.agents import common
 from mbpo_grad.agents import offpolicy as OP
 from mbpo_grad.objectives import actor_q_objective
 from mbpo_grad.policies.base import Policy, as_engine_policy
@@ -108,14 +109,7 @@ def check_hparams(hp):
 
 
 def _policy_for(env, config, policy):
-    if policy is None:
-        policy = deterministic(env.obs_size, env.action_size, config.actor_hidden)
-    if not isinstance(policy, Policy):
-        raise TypeError(f"policy must be a mbpo_grad.policies.Policy bundle, got {type(policy).__name__}")
-    if policy.obs_dim != env.obs_size or policy.act_dim != env.action_size:
-        raise ValueError(f"policy: obs_dim/act_dim ({policy.obs_dim}, {policy.act_dim}) do not match the env "
-                         f"({env.obs_size}, {env.action_size})")
-    return policy
+    return common.policy_for(env, policy, lambda: deterministic(env.obs_size, env.action_size, config.actor_hidden))
 
 
 def make_algo(config: DDPGConfig, env, policy: Optional[Policy] = None) -> OP.OffPolicyAlgo:

@@ -164,13 +164,7 @@ def validate(config: ModelBasedConfig, env=None):
 
 
 def _policy_for(env, config, policy):
-    if policy is None:
-        policy = gaussian(env.obs_size, env.action_size, config.actor_hidden)
-    if not isinstance(policy, Policy):
-        raise TypeError(f"policy must be a mbpo_grad.policies.Policy bundle, got {type(policy).__name__}")
-    if policy.obs_dim != env.obs_size or policy.act_dim != env.action_size:
-        raise ValueError(f"policy: obs_dim/act_dim ({policy.obs_dim}, {policy.act_dim}) do not match the env "
-                         f"({env.obs_size}, {env.action_size})")
+    policy = common.policy_for(env, policy, lambda: gaussian(env.obs_size, env.action_size, config.actor_hidden))
     if config.entropy and tuple(policy.noise_shape) == (0,):
         raise ValueError("policy: entropy=True needs a stochastic policy with a density (gaussian, flow)")
     return policy

@@ -28,6 +28,7 @@ import optax
 
 from mbpo_grad import critics as C
 from mbpo_grad import trust_region as TR
+from mbpo_grad.agents import common
 from mbpo_grad.agents import offpolicy as OP
 from mbpo_grad.objectives import actor_q_objective
 from mbpo_grad.policies.base import Policy, sample_and_log_prob
@@ -125,17 +126,10 @@ def validate(config: SACConfig, env=None):
 
 
 def _policy_for(env, config, policy):
-    if policy is None:
-        policy = gaussian(env.obs_size, env.action_size, config.actor_hidden)
-    if not isinstance(policy, Policy):
-        raise TypeError(f"policy must be a mbpo_grad.policies.Policy bundle, got {type(policy).__name__}")
-    if tuple(policy.noise_shape) == (0,):
-        raise ValueError("policy: SAC needs a stochastic policy with a density (gaussian, flow), "
-                         "got a deterministic one; use ddpg/td3 for deterministic policies")
-    if policy.obs_dim != env.obs_size or policy.act_dim != env.action_size:
-        raise ValueError(f"policy: obs_dim/act_dim ({policy.obs_dim}, {policy.act_dim}) do not match the env "
-                         f"({env.obs_size}, {env.action_size})")
-    return policy
+    return common.policy_for(
+        env, policy, lambda: gaussian(env.obs_size, env.action_size, config.actor_hidden),
+        density_error="policy: SAC needs a stochastic policy with a density (gaussian, flow), "
+                      "got a deterministic one; use ddpg/td3 for deterministic policies")
 
 
 def make_algo(config: SACConfig, env, policy: Optional[Policy] = None) -> OP.OffPolicyAlgo:

@@ -280,15 +280,7 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
     """
     env, episode_length = validate(config, env)
     n, B = int(config.horizon), int(config.num_envs)
-    if policy is None:
-        policy = deterministic(env.obs_size, env.action_size, config.actor_hidden)
-    if not isinstance(policy, Policy):
-        raise TypeError(f"policy must be a mbpo_grad.policies.Policy bundle, got {type(policy).__name__}")
-    if policy.obs_dim != env.obs_size or policy.act_dim != env.action_size:
-        raise ValueError(
-            f"policy: obs_dim/act_dim ({policy.obs_dim}, {policy.act_dim}) do not match the env "
-            f"({env.obs_size}, {env.action_size})"
-        )
+    policy = common.policy_for(env, policy, lambda: deterministic(env.obs_size, env.action_size, config.actor_hidden))
     stochastic = tuple(policy.noise_shape) != (0,)
     dyn_noise = tuple(env.noise_shape) != ()
     critic = C.v_critic(env.obs_size, config.critic_hidden)
