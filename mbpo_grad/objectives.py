@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from mbpo_grad import validation as V
-from mbpo_grad.rollout import Trajectory, unroll
+from mbpo_grad.rollout import Trajectory, _gate, unroll
 
 PyTree = Any
 
@@ -49,12 +49,18 @@ def trajectory_return(
     n = traj.rewards.shape[-1]
     ret = discounted_sum(traj.rewards, gamma)
     if bootstrap is not None:
-        s_n = jax.tree_util.tree_map(lambda x: x[n], traj.states)
-        a_n = jax.tree_util.tree_map(lambda x: x[n], traj.actions)
+        live = traj.alive[n] > 0
+        # Ended episodes feed the critic stop-gradient inputs (the rollout's "double
+        # where"): Q's cotangent is zero there, and zero times a NaN Jacobian is NaN.
+        s_n = _gate(live, jax.tree_util.tree_map(lambda x: x[n], traj.states))
+        a_n = _gate(live, jax.tree_util.tree_map(lambda x: x[n], traj.actions))
         q = jnp.asarray(bootstrap(s_n, a_n))
-        q = jnp.reshape(q, ())
+        if q.shape != ():
+            raise ValueError(
+                f"bootstrap: expected a scalar Q(state, action) per state (shape ()), got shape {q.shape}"
+            )
         term = jnp.asarray(gamma, dtype=ret.dtype) ** n * q
-        ret = ret + jnp.where(traj.alive[n] > 0, term, jnp.zeros_like(term))
+        ret = ret + jnp.where(live, term, jnp.zeros_like(term))
     return ret
 
 

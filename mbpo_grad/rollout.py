@@ -20,6 +20,22 @@ is ``lax.stop_gradient(s_T)`` repeated, so nothing past the end of an episode (a
 simulator that keeps integrating, returns garbage or even NaN) feeds the values
 or the gradient; the recorded states after s_T repeat s_T.
 
+The gradient half of that promise needs more than a ``where`` after the dead
+steps: ``where`` gives ``step`` and ``reward`` a zero cotangent there, and reverse
+mode multiplies it by their Jacobian at the frozen state, 0 · NaN = NaN for a
+system undefined past its terminal state (sqrt(1 − s) beyond s = 1, a body under
+the floor). So at dead steps the state and action handed to ``step`` and
+``reward`` (and, in ``objectives``, to the bootstrap) are
+``where(alive, x, stop_gradient(x))`` — the "double where": the same values, and
+an exact zero cotangent that no downstream NaN can multiply. The policy itself
+still runs on the frozen s_T (a finite state it has seen alive) with parameters
+that keep their gradient path; its cotangent there is an exact zero too. The
+recorded s_t is the ungated one, so s_T keeps its gradient for a time-limit
+bootstrap read off the trajectory.
+
+A reward must be a scalar per state; a shape-(1,) reward (``-(s[0]**2 + a**2)``
+with a 1-D action) is rejected at trace time rather than broadcast into a wrong J.
+
 This module imports no environment, agent or experiment.
 """
 from __future__ import annotations
@@ -82,8 +98,33 @@ def _call_reward(reward, state, action, next_state):
     return reward(state, action)
 
 
+def _check_reward_shape(r) -> None:
+    """Trace-time check: a reward of shape (1,) would broadcast into a wrong, plausible J."""
+    if jnp.shape(r) != ():
+        raise ValueError(
+            f"reward: expected a scalar per state (shape ()), got shape {jnp.shape(r)}; "
+            "index or sum the action/state terms, e.g. -(s[0]**2 + 0.01 * a[0]**2)"
+        )
+
+
 def _select(pred, on_true: PyTree, on_false: PyTree) -> PyTree:
     return jax.tree_util.tree_map(lambda x, y: jnp.where(pred, x, y), on_true, on_false)
+
+
+def _gate(live, tree: PyTree) -> PyTree:
+    """``tree`` where ``live``, else ``stop_gradient(tree)``: same values, no cotangent when dead.
+
+    ``where``'s cotangent for the branch it did not select is an exact zero (a select,
+    not a product), so whatever NaN a downstream Jacobian produces at a dead step stops
+    here. Integer leaves (no gradient) pass unchanged.
+    """
+    def one(x):
+        x = jnp.asarray(x)
+        if not jnp.issubdtype(x.dtype, jnp.inexact):
+            return x
+        return jnp.where(live, x, lax.stop_gradient(x))
+
+    return jax.tree_util.tree_map(one, tree)
 
 
 def _parse_remat(remat, horizon: int):
@@ -190,14 +231,23 @@ def unroll(
     def body(carry, noise):
         s, alive = carry
         eps, xi = noise
-        a = policy(params, s, eps)
-        s_next = step(s, a, xi)
-        r = _call_reward(reward, s, a, s_next)
-        r = jnp.where(alive > 0, r, jnp.zeros_like(r))
+        live = alive > 0
+        # Dead steps see stop-gradient inputs ("double where"): the `where` below gives the
+        # step and reward a zero cotangent, and zero times a Jacobian that is NaN past the
+        # terminal state (sqrt of a negative, a body under the floor) is NaN; the zero
+        # must be made before those functions, not only after them. The recorded s_t is
+        # the ungated one: s_T itself (a time-limit end) keeps its gradient for critics.
+        s_in = _gate(live, s) if done is not None else s
+        a = policy(params, s_in, eps)
+        a_in = _gate(live, a) if done is not None else a
+        s_next = step(s_in, a_in, xi)
+        r = _call_reward(reward, s_in, a_in, s_next)
+        _check_reward_shape(r)
+        r = jnp.where(live, r, jnp.zeros_like(r))
         if done is not None:
             alive_next = alive * (1.0 - jnp.asarray(done(s_next), dtype=alive.dtype))
             # Past the end of the episode: freeze the state and cut the gradient path.
-            s_next = _select(alive > 0, s_next, lax.stop_gradient(s))
+            s_next = _select(live, s_next, lax.stop_gradient(s))
         else:
             alive_next = alive
         return (s_next, alive_next), (s, a, r, alive)
