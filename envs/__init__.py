@@ -3,10 +3,11 @@
 ``envs.make(name, **kw)`` builds one by name: ``lqr``, ``pendulum``, ``cartpole``,
 ``switching_cart``, ``brax:<env>`` (e.g. ``brax:inverted_pendulum``, backend via ``backend=``) and
 ``mjx:<path or builtin>``. Brax and MJX are imported only when asked for.
+``envs.check_env(env)`` checks a (custom) env's functions against its declared sizes.
 """
 from __future__ import annotations
 
-from envs.base import Env
+from envs.base import Env, check_env
 
 ANALYTIC = ("lqr", "pendulum", "cartpole", "switching_cart")
 
@@ -35,4 +36,4 @@ def make(name: str, **kwargs) -> Env:
     )
 
 
-__all__ = ["Env", "make", "ANALYTIC"]
+__all__ = ["Env", "make", "check_env", "ANALYTIC"]

@@ -12,11 +12,19 @@ Actions live in [-1, 1]^action_size (policies squash with tanh); each env scales
 them to its own force/torque range. ``episode_length`` is the time limit.
 ``noise_shape`` is the shape of one step's ``xi`` (() when the env is
 deterministic and ignores it).
+
+``check_env(env)`` traces every function once with ``jax.eval_shape`` and checks the
+shapes and dtypes above against ``obs_size`` / ``action_size`` (agents call it on a
+user's env).
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Callable, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,3 +40,119 @@ class Env:
     done: Optional[Callable[[Any], Any]] = None
     noise_shape: Tuple[int, ...] = ()
     info: Any = None  # env-specific extras (e.g. LQR matrices)
+
+
+# --------------------------------------------------------------------------- interface check
+def _describe(tree: Any, max_leaves: int = 6) -> str:
+    """Shapes and dtypes of a pytree of ``ShapeDtypeStruct`` (for error messages)."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    if treedef.num_leaves == 1 and treedef.num_nodes == 1:
+        return f"{tuple(leaves[0].shape)} {leaves[0].dtype}"
+    items = [f"{jax.tree_util.keystr(path)}: {tuple(leaf.shape)} {leaf.dtype}"
+             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    more = f", ... ({len(items)} leaves)" if len(items) > max_leaves else ""
+    return "{" + ", ".join(items[:max_leaves]) + more + "}"
+
+
+def _trace(fn_name: str, fn: Callable, *args) -> Any:
+    """``jax.eval_shape(fn, *args)``; an error inside ``fn`` becomes a ValueError naming it and the inputs."""
+    try:
+        return jax.eval_shape(fn, *args)
+    except Exception as err:  # noqa: BLE001 - re-raised with the function and the shapes it was given
+        given = ", ".join("None" if a is None else _describe(a) for a in args)
+        text = str(err)
+        text = text if len(text) <= 600 else text[:600] + " ..."
+        raise ValueError(f"env.{fn_name} failed when traced on inputs of shapes ({given}) "
+                         f"[{type(err).__name__}: {text}]") from err
+
+
+def _check_size(value: Any, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"env.{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_env(env: "Env") -> "Env":
+    """Check once, at trace time, that ``env``'s functions match its declared sizes; return ``env``.
+
+    With s = reset(key), a = zeros(action_size), ξ of shape ``noise_shape`` (None when it
+    is ()), all evaluated with ``jax.eval_shape`` (shapes and dtypes only, no computation):
+
+        observe(s)           shape (obs_size,), floating
+        step(s, a, ξ) = s'   the same pytree as s: structure, leaf shapes and dtypes
+                             (the engine's ``lax.scan`` carries it; a dtype that drifts,
+                             e.g. float32 → float64, or a leaf that grows fails there)
+        reward(s, a)         shape () and floating (``reward(s, a, s')`` for a transition reward)
+        done(s), done(s')    shape (); bool (a numeric flag such as Brax's float ``done`` is
+                             accepted: the engine casts it to bool)
+
+    The action's dtype is the observation's (what a policy fed ``observe(s)`` returns).
+    Raises ``ValueError`` naming the function and the shapes (a ``TypeError`` for a missing or
+    non-callable field); a function that fails while traced is reported with the shapes it was
+    given. Agents call this on every env a user passes them.
+    """
+    for field in ("reset", "step", "reward", "observe"):
+        if not callable(getattr(env, field, None)):
+            raise TypeError(f"env.{field} must be callable, got {getattr(env, field, None)!r}")
+    done = getattr(env, "done", None)
+    if done is not None and not callable(done):
+        raise TypeError(f"env.done must be callable or None, got {done!r}")
+    obs_size = _check_size(getattr(env, "obs_size", None), "obs_size")
+    action_size = _check_size(getattr(env, "action_size", None), "action_size")
+    _check_size(getattr(env, "episode_length", None), "episode_length")
+    noise_shape = getattr(env, "noise_shape", ())
+    if not isinstance(noise_shape, tuple) or any(
+            isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0 for n in noise_shape):
+        raise ValueError(f"env.noise_shape must be a tuple of ints >= 0, got {noise_shape!r}")
+
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    state = _trace("reset", env.reset, key)
+    leaves = jax.tree_util.tree_leaves(state)
+    if not leaves or not all(hasattr(x, "shape") and hasattr(x, "dtype") for x in leaves):
+        raise ValueError(f"env.reset must return a state (an array or a pytree of arrays), got {state!r}")
+    if not any(jnp.issubdtype(x.dtype, jnp.floating) for x in leaves):
+        raise ValueError(f"env.reset must return a state with a floating-point leaf (gradients flow through "
+                         f"states), got {_describe(state)}")
+
+    obs = _trace("observe", env.observe, state)
+    if not hasattr(obs, "shape") or tuple(obs.shape) != (obs_size,):
+        raise ValueError(f"env.observe must return shape (obs_size,) = ({obs_size},), got "
+                         f"{_describe(obs) if hasattr(obs, 'shape') else repr(obs)} (state {_describe(state)})")
+    if not jnp.issubdtype(obs.dtype, jnp.floating):
+        raise ValueError(f"env.observe must return a floating-point vector, got dtype {obs.dtype}")
+
+    action = jax.ShapeDtypeStruct((action_size,), obs.dtype)
+    xi = None if tuple(noise_shape) == () else jax.ShapeDtypeStruct(tuple(noise_shape), obs.dtype)
+    nxt = _trace("step", env.step, state, action, xi)
+    tree_in, tree_out = jax.tree_util.tree_structure(state), jax.tree_util.tree_structure(nxt)
+    if tree_in != tree_out:
+        raise ValueError(f"env.step must return a state of the structure reset returns: got {tree_out}, "
+                         f"expected {tree_in}")
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(state)[0], jax.tree_util.tree_leaves(nxt)):
+        if tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype:
+            where = jax.tree_util.keystr(path) or "state"
+            raise ValueError(
+                f"env.step changes the state {where}: {tuple(a.shape)} {a.dtype} -> {tuple(b.shape)} {b.dtype} "
+                f"(action ({action_size},), action_size = {action_size}); the state must keep its shapes and "
+                "dtypes across a step"
+            )
+
+    if getattr(env.reward, "uses_next_state", False):
+        r = _trace("reward", env.reward, state, action, nxt)
+    else:
+        r = _trace("reward", env.reward, state, action)
+    if not hasattr(r, "shape") or tuple(r.shape) != ():
+        raise ValueError(f"env.reward must return a scalar (shape ()), got "
+                         f"{_describe(r) if hasattr(r, 'shape') else repr(r)}; e.g. -(s[0]**2 + 0.01 * a[0]**2)")
+    if not jnp.issubdtype(r.dtype, jnp.floating):
+        raise ValueError(f"env.reward must return a floating-point scalar, got dtype {r.dtype}")
+
+    if done is not None:
+        for label, s in (("reset", state), ("step", nxt)):
+            d = _trace("done", done, s)
+            if not hasattr(d, "shape") or tuple(d.shape) != ():
+                raise ValueError(f"env.done must return a bool scalar (shape ()) on the state {label} returns, got "
+                                 f"{_describe(d) if hasattr(d, 'shape') else repr(d)}")
+            if not (d.dtype == jnp.bool_ or jnp.issubdtype(d.dtype, jnp.number)):
+                raise ValueError(f"env.done must return a bool scalar, got dtype {d.dtype}")
+    return env

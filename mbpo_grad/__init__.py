@@ -8,7 +8,7 @@ Core contract::
 
 See README.md and shared theory notes for the estimator family.
 """
-from mbpo_grad.rollout import Trajectory, transition_reward, unroll
+from mbpo_grad.rollout import Trajectory, gate_gradient, transition_reward, unroll
 from mbpo_grad.objectives import (
     actor_q_objective,
     batched_unroll,
@@ -29,7 +29,7 @@ from mbpo_grad.sweeps import sweep
 from mbpo_grad import models, replay, svg
 
 __all__ = [
-    "Trajectory", "transition_reward", "unroll",
+    "Trajectory", "gate_gradient", "transition_reward", "unroll",
     "actor_q_objective", "batched_unroll", "bpo", "discounted_sum", "dpmb", "nstep",
     "pathwise_objective", "pathwise_returns", "trajectory_return",
     "returns", "nn", "policies", "bijectors", "distributions", "exploration", "trust_region", "checkpoint", "guards", "sweep", "score_function", "tabular", "linear_gaussian",

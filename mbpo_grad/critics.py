@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from mbpo_grad import returns as R
+from mbpo_grad import validation as V
 from mbpo_grad.nn import MLP, Net
 
 PyTree = Any
@@ -101,31 +102,81 @@ def polyak(target: PyTree, online: PyTree, tau: Any) -> PyTree:
 def mse(predictions: jax.Array, targets: jax.Array, weights: Optional[jax.Array] = None) -> jax.Array:
     """Σ w (pred − sg(target))² / Σ w over all elements (plain mean without weights).
 
-    ``weights`` broadcasts against ``predictions``; an all-zero weight vector gives 0.
+    ``targets`` and ``weights`` must have the shape of ``predictions`` (checked at trace
+    time; a ``ValueError`` names the argument): per-sample arrays are never broadcast,
+    since targets [B, 1] against predictions [B] would silently average a [B, B] matrix
+    of cross errors. An all-zero weight vector gives 0. Entries of weight 0 feed neither
+    the value nor the gradient even where their target is NaN (a prediction computed from a
+    NaN input still back-propagates 0 · NaN into the critic: mask such inputs first).
     """
-    err = (predictions - jax.lax.stop_gradient(targets)) ** 2
+    V.check_same_shape(targets, "targets", predictions, "predictions")
+    if weights is not None:
+        V.check_same_shape(weights, "weights", predictions, "predictions")
+    diff = predictions - jax.lax.stop_gradient(targets)
     if weights is None:
-        return jnp.mean(err)
-    w = jnp.broadcast_to(jnp.asarray(weights, err.dtype), err.shape)
-    return jnp.sum(w * err) / jnp.maximum(jnp.sum(w), 1e-12)
+        return jnp.mean(diff ** 2)
+    w = jnp.asarray(weights, diff.dtype)
+    # Zero-weight entries (dead steps, masked envs) are selected away before the square:
+    # w · err with a NaN target would be NaN in value and 0 · NaN in the gradient.
+    diff = jnp.where(w > 0, diff, jnp.zeros_like(diff))
+    return jnp.sum(w * diff ** 2) / jnp.maximum(jnp.sum(w), 1e-12)
+
+
+def _check_batch(obs, name="obs"):
+    if jnp.ndim(obs) < 1:
+        raise ValueError(f"{name} must carry a leading batch axis B, got shape {jnp.shape(obs)}")
+    return jnp.shape(obs)[0]
+
+
+def _check_per_sample(x, name, batch):
+    if x is not None and tuple(jnp.shape(x)) != (batch,):
+        raise ValueError(f"{name} must have shape [B] = ({batch},) (one value per sample), got {tuple(jnp.shape(x))}")
 
 
 def v_loss(critic: Net, params: PyTree, obs: jax.Array, targets: jax.Array,
            weights: Optional[jax.Array] = None) -> jax.Array:
-    """MSE of V over a batch: obs [B, obs_dim], targets [B], weights [B] or None."""
+    """MSE of V over a batch: obs [B, obs_dim], targets [B], weights [B] or None (shapes checked)."""
+    B = _check_batch(obs)
+    _check_per_sample(targets, "targets", B)
+    _check_per_sample(weights, "weights", B)
     values = jax.vmap(critic.apply, in_axes=(None, 0))(params, obs)
+    _check_per_sample(values, "critic.apply output (batched)", B)
     return mse(values, targets, weights)
 
 
 def q_loss(critic: Net, params: PyTree, obs: jax.Array, actions: jax.Array, targets: jax.Array,
            weights: Optional[jax.Array] = None) -> jax.Array:
-    """MSE of Q over a batch; for a ``twin_q`` bundle both heads regress on the same targets
+    """MSE of Q over a batch: obs [B, obs_dim], actions [B, act_dim], targets [B], weights [B]
+    or None (shapes checked); for a ``twin_q`` bundle both heads regress on the same targets
     (the loss is summed over the two heads)."""
+    B = _check_batch(obs)
+    if _check_batch(actions, "actions") != B:
+        raise ValueError(f"actions must have the batch size of obs ({B}), got shape {tuple(jnp.shape(actions))}")
+    _check_per_sample(targets, "targets", B)
+    _check_per_sample(weights, "weights", B)
     values = jax.vmap(critic.apply, in_axes=(None, 0, 0))(params, obs, actions)
     if values.ndim == 2:  # twin: [B, 2]
-        w = None if weights is None else weights[:, None]
-        return values.shape[-1] * mse(values, targets[:, None], w)
+        heads = values.shape[-1]
+        t = jnp.broadcast_to(jnp.asarray(targets)[:, None], values.shape)
+        w = None if weights is None else jnp.broadcast_to(jnp.asarray(weights)[:, None], values.shape)
+        return heads * mse(values, t, w)
     return mse(values, targets, weights)
+
+
+def one_step_targets(reward: jax.Array, discount: jax.Array, gamma: Any, next_value: jax.Array) -> jax.Array:
+    """y = r + γ d v' per transition, [B]; v' is read only where d > 0.
+
+    ``discount`` d is 1 − terminal (the replay schema). At a terminal transition v' is
+    selected away instead of multiplied by 0, so a critic that is non-finite at a terminal
+    next state (a body under the floor) cannot turn the target into 0 · NaN = NaN.
+    Reference: the one-step Bellman target of DQN / DDPG (Mnih et al. 2015; Lillicrap et al. 2016).
+    """
+    reward = jnp.asarray(reward)
+    for x, name in ((discount, "discount"), (next_value, "next_value")):
+        V.check_same_shape(x, name, reward, "reward")
+    discount = jnp.asarray(discount, reward.dtype)
+    tail = jnp.where(discount > 0, discount * next_value, jnp.zeros_like(reward))
+    return reward + jnp.asarray(gamma, reward.dtype) * tail
 
 
 def td_lambda_targets(rewards: jax.Array, values: jax.Array, alive: jax.Array, terminal: jax.Array,
@@ -150,6 +201,13 @@ def td_lambda_targets(rewards: jax.Array, values: jax.Array, alive: jax.Array, t
     Reference: Sutton & Barto (2018) §12.1; Xu et al. (2022) use these targets for SHAC.
     """
     rewards = jnp.asarray(rewards)
+    T = rewards.shape[0] if rewards.ndim == 1 else None
+    if T is None:
+        raise ValueError(f"rewards must have shape [T] (one window; batch with jax.vmap), got {rewards.shape}")
+    for name, x in (("values", values), ("alive", alive), ("terminal", terminal)):
+        if tuple(jnp.shape(x)) != (T + 1,):
+            raise ValueError(f"{name} must have shape [T+1] = ({T + 1},) for rewards of shape ({T},), "
+                             f"got {tuple(jnp.shape(x))}")
     dtype = rewards.dtype
     values = jnp.asarray(values, dtype)
     live = jnp.asarray(alive, dtype)[:-1] > 0
@@ -161,5 +219,5 @@ def td_lambda_targets(rewards: jax.Array, values: jax.Array, alive: jax.Array, t
 
 
 __all__ = [
-    "v_critic", "q_critic", "twin_q", "twin_min", "polyak", "mse", "v_loss", "q_loss", "td_lambda_targets",
+    "v_critic", "q_critic", "twin_q", "twin_min", "polyak", "mse", "v_loss", "q_loss", "one_step_targets", "td_lambda_targets",
 ]

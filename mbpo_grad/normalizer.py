@@ -84,8 +84,19 @@ def update(stats: RunningStats, batch: jax.Array, weights: jax.Array | None = No
     return RunningStats(n, mean, m2)
 
 
+def _check_features(stats: RunningStats, x, name: str) -> None:
+    """The trailing axes of ``x`` are the feature shape (leading axes broadcast as batch axes)."""
+    shape, feat = tuple(jnp.shape(x)), tuple(stats.mean.shape)
+    if len(shape) < len(feat) or shape[len(shape) - len(feat):] != feat:
+        raise ValueError(f"{name}: trailing axes must equal the feature shape {feat}; got shape {shape}")
+
+
 def normalize(stats: RunningStats, x: jax.Array, *, eps: float = 1e-5, clip: float = 10.0) -> jax.Array:
-    """clip((x − mean) / sqrt(var + eps), −clip, clip); the identity map shifted by 0 before any data."""
+    """clip((x − mean) / sqrt(var + eps), −clip, clip); the identity map shifted by 0 before any data.
+
+    ``x``: features [..., *feature_shape] (checked: a wrong-sized vector would otherwise broadcast).
+    """
+    _check_features(stats, x, "x")
     var = stats.var
     # Before any data var = 0: divide by 1 instead of sqrt(eps) so early outputs stay O(x).
     scale = jnp.where(stats.count > 0, jnp.sqrt(var + eps), jnp.ones_like(var))
@@ -94,7 +105,8 @@ def normalize(stats: RunningStats, x: jax.Array, *, eps: float = 1e-5, clip: flo
 
 
 def denormalize(stats: RunningStats, z: jax.Array, *, eps: float = 1e-5) -> jax.Array:
-    """Inverse of ``normalize`` (ignoring the clip)."""
+    """Inverse of ``normalize`` (ignoring the clip); ``z`` as ``x`` there (shape checked)."""
+    _check_features(stats, z, "z")
     scale = jnp.where(stats.count > 0, jnp.sqrt(stats.var + eps), jnp.ones_like(stats.var))
     return z * scale + stats.mean
 

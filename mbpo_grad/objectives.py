@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from mbpo_grad import validation as V
-from mbpo_grad.rollout import Trajectory, _gate, unroll
+from mbpo_grad.rollout import Trajectory, gate_gradient, unroll
 
 PyTree = Any
 
@@ -52,8 +52,8 @@ def trajectory_return(
         live = traj.alive[n] > 0
         # Ended episodes feed the critic stop-gradient inputs (the rollout's "double
         # where"): Q's cotangent is zero there, and zero times a NaN Jacobian is NaN.
-        s_n = _gate(live, jax.tree_util.tree_map(lambda x: x[n], traj.states))
-        a_n = _gate(live, jax.tree_util.tree_map(lambda x: x[n], traj.actions))
+        s_n = gate_gradient(live, jax.tree_util.tree_map(lambda x: x[n], traj.states))
+        a_n = gate_gradient(live, jax.tree_util.tree_map(lambda x: x[n], traj.actions))
         q = jnp.asarray(bootstrap(s_n, a_n))
         if q.shape != ():
             raise ValueError(

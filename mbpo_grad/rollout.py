@@ -111,18 +111,25 @@ def _select(pred, on_true: PyTree, on_false: PyTree) -> PyTree:
     return jax.tree_util.tree_map(lambda x, y: jnp.where(pred, x, y), on_true, on_false)
 
 
-def _gate(live, tree: PyTree) -> PyTree:
+def gate_gradient(live, tree: PyTree) -> PyTree:
     """``tree`` where ``live``, else ``stop_gradient(tree)``: same values, no cotangent when dead.
 
     ``where``'s cotangent for the branch it did not select is an exact zero (a select,
     not a product), so whatever NaN a downstream Jacobian produces at a dead step stops
-    here. Integer leaves (no gradient) pass unchanged.
+    here. ``live`` is a bool array over the leading axes of every leaf (a scalar for one
+    state, [T] for a trajectory's states). Integer leaves (no gradient) pass unchanged.
     """
+    live = jnp.asarray(live)
+
     def one(x):
         x = jnp.asarray(x)
         if not jnp.issubdtype(x.dtype, jnp.inexact):
             return x
-        return jnp.where(live, x, lax.stop_gradient(x))
+        if x.shape[: live.ndim] != live.shape:
+            raise ValueError(f"gate_gradient: live {live.shape} must match the leading axes of every leaf, "
+                             f"got a leaf of shape {x.shape}")
+        m = jnp.reshape(live, live.shape + (1,) * (x.ndim - live.ndim))
+        return jnp.where(m, x, lax.stop_gradient(x))
 
     return jax.tree_util.tree_map(one, tree)
 
@@ -237,9 +244,9 @@ def unroll(
         # terminal state (sqrt of a negative, a body under the floor) is NaN; the zero
         # must be made before those functions, not only after them. The recorded s_t is
         # the ungated one: s_T itself (a time-limit end) keeps its gradient for critics.
-        s_in = _gate(live, s) if done is not None else s
+        s_in = gate_gradient(live, s) if done is not None else s
         a = policy(params, s_in, eps)
-        a_in = _gate(live, a) if done is not None else a
+        a_in = gate_gradient(live, a) if done is not None else a
         s_next = step(s_in, a_in, xi)
         r = _call_reward(reward, s_in, a_in, s_next)
         _check_reward_shape(r)

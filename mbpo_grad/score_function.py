@@ -26,17 +26,42 @@ approximate v only λ = 1 is (up to the bootstrap at the window's end).
 DPMB-SF hybrid: the trajectory has a discrete part z_t ~ p(z | s_t, a_t) whose
 log-density is known (a friction mode, a contact state, a categorical object
 state), the rest deterministic given z. With the mode sequence z fixed, the
-states, actions and rewards are differentiable functions of w, and
+states, actions and rewards are differentiable functions of w, and with
+R(z, w) = Σ_k w_k r_k + w_T V_T the (bootstrapped) return,
 
     J(w) = Σ_z Π_t p(z_t | s_t(w), a_t(w)) R(z, w)
-    ∇J   = E_z[ ∇_w R(z, w) + Σ_t ∇_w log p(z_t | s_t, a_t) · Σ_{k>t} w_k r_k ]
+    ∇J   = E_z[ ∇_w R(z, w) + Σ_t ∇_w log p(z_t | s_t, a_t) · C_t ]
 
 where ∇_w is the TOTAL derivative along the trajectory (through s_t, which
 depends on w via earlier actions: the score term is differentiated pathwise too).
-Only the rewards AFTER the transition multiply its score: r_k with k ≤ t is a
-function of z_{<t}, and E[∇ log p(z_t | ·) | z_{<t}] = ∇ Σ_{z_t} p = 0.
+Differentiating Π_t p_t gives the factor C_t = R for every t; any term X of R
+that is a function of z_{<t} (and w) only can be dropped from C_t, since s_t and
+a_t are functions of (z_{<t}, w) and
+
+    E[ ∇ log p(z_t | s_t, a_t) · X ] = E_{z<t}[ X · ∇_w Σ_{z_t} p(z_t | s_t, a_t) ] = E_{z<t}[ X · ∇_w 1 ] = 0.
+
+Which terms are functions of z_t: s_k depends on z_{<k}; the weight
+w_k = Π_{j<k} d_j on z_{<k} (d_j = γ(1 − terminal_{j+1}) reads s_{j+1}); V_T on
+z_{<T} (all of them). The reward decides the rest:
+
+    r_k = r(s_k, a_k)            depends on z_{<k}:  C_t = Σ_{k>t} w_k r_k + w_T V_T = w_{t+1} G_{t+1}
+    r_k = r(s_k, a_k, s_{k+1})   depends on z_{≤k}:  C_t = Σ_{k≥t} w_k r_k + w_T V_T = w_t G_t
+      (``mg.transition_reward``: r_t reads s_{t+1} = f(s_t, a_t, z_t))
+
+Dropping r_t from C_t for a transition reward drops a term that z_t moves, and
+the estimator is biased (on ``envs.switching_cart`` with r = −(x'² + 0.1a²), up
+to 23 standard errors at 40k trajectories); keeping it for a state-action reward
+is unbiased but adds variance. The weights w_k are piecewise constant in w (no
+pathwise derivative); their dependence on the modes is carried by the scores. A baseline enters as C_t − w_t b_t: any b_t that
+is a function of (s_t, a_t, z_{<t}) keeps the estimator unbiased (w_t is, too).
 Reference: the DPMB-SF estimator of the policy-parametrisation chapter
-(``shared/reference``), here unrolled over n steps.
+(``shared/reference``), here unrolled over n steps with either reward kind.
+
+Termination: with ``done(state) -> bool`` the step t is live while alive_t = 1
+(the engine's convention, ``mbpo_grad.rollout``); after the end of the episode the
+state is frozen, rewards and log-probabilities are zeroed, and the policy, step,
+reward and mode logits see stop-gradient inputs, so a system that is undefined
+past its terminal state (NaN values or Jacobians there) leaves the gradient finite.
 """
 from __future__ import annotations
 
@@ -50,6 +75,7 @@ from jax import lax
 
 from mbpo_grad import validation as V
 from mbpo_grad.returns import gae, reward_to_go
+from mbpo_grad.rollout import gate_gradient
 
 PyTree = Any
 sg = lax.stop_gradient
@@ -206,50 +232,69 @@ def dpmb_sf_surrogate(
     *,
     bootstrap: Optional[jax.Array] = None,
     baseline: Optional[jax.Array] = None,
+    reward_uses_next_state: bool = True,
 ) -> jax.Array:
     """Pathwise return plus the score terms of the stochastic transitions; value = the return.
 
-        L = Σ_t w_t r_t + w_T V_T
-            + Σ_t (log p_t − stop_grad(log p_t)) · stop_grad(w_{t+1} (G_{t+1} − b_t))
+        L = Σ_t w_t r_t + w_T V_T + Σ_t (log p_t − stop_grad(log p_t)) · stop_grad(C_t − w_t b_t)
 
-    with G_{t+1} the reward-to-go after transition t (bootstrapped by V_T), so
-    log p(z_t | s_t, a_t) multiplies exactly the rewards that z_t can affect. The
-    correction term is zero in value (so ``L`` reports the sampled return) and
-    contributes Σ_t ∇ log p_t · w_{t+1}(G_{t+1} − b_t) to the gradient.
+        C_t = w_t G_t         = Σ_{k≥t} w_k r_k + w_T V_T   (reward_uses_next_state=True)
+        C_t = w_{t+1} G_{t+1} = Σ_{k>t} w_k r_k + w_T V_T   (reward_uses_next_state=False)
+
+    with G_t = r_t + discounts_t G_{t+1}, G_T = V_T, so log p(z_t | s_t, a_t)
+    multiplies exactly the terms of the return that z_t can move (module docstring).
+    The correction term is zero in value (so ``L`` reports the sampled return) and
+    contributes Σ_t ∇ log p_t · (C_t − w_t b_t) to the gradient.
 
     Args:
-      rewards: [T] r(s_t, a_t) along a trajectory with the modes held fixed,
+      rewards: [T] rewards along a trajectory with the modes held fixed,
         DIFFERENTIABLE in the policy parameters (pathwise part).
       transition_log_probs: [T] log p(z_t | s_t, a_t), differentiable through
         s_t and a_t (do NOT stop-gradient the states: the total derivative is needed).
       discounts: [T] γ·(1 − terminal_{t+1}).
       bootstrap: optional scalar V(s_T) (or Q(s_T, a_T)) for the tail.
-      baseline: optional [T] control variate b_t for G_{t+1}; any function of
-        (s_t, a_t) (not of z_t) keeps the estimator unbiased.
+      baseline: optional [T] control variate b_t for C_t / w_t (for G_t, or for
+        discounts_t G_{t+1} with ``reward_uses_next_state=False``); any function
+        of (s_t, a_t) and the earlier modes (not of z_t) keeps it unbiased.
+      reward_uses_next_state: True when r_t reads s_{t+1} (``mg.transition_reward``,
+        a reward computed inside the simulator's step): r_t is then a function of
+        z_t and belongs in its factor. False for r_t = r(s_t, a_t) drops it (less
+        variance). True is unbiased for both kinds; False with a transition reward
+        is biased.
     """
     T = _check_1d(rewards, "rewards")
     _check_1d(transition_log_probs, "transition_log_probs", T)
     _check_1d(discounts, "discounts", T)
+    if not isinstance(reward_uses_next_state, (bool, np.bool_)):
+        raise TypeError(f"reward_uses_next_state must be a bool, got {type(reward_uses_next_state).__name__}")
     zero = jnp.zeros_like(rewards[:1])
-    boot = zero if bootstrap is None else jnp.reshape(jnp.asarray(bootstrap, dtype=rewards.dtype), (1,))
+    if bootstrap is None:
+        boot = zero
+    else:
+        if jnp.size(bootstrap) != 1 or jnp.ndim(bootstrap) > 1:
+            raise ValueError(f"bootstrap must be a scalar V(s_T), got shape {jnp.shape(bootstrap)}")
+        boot = jnp.reshape(jnp.asarray(bootstrap, dtype=rewards.dtype), (1,))
     # G over the extended window: G_ext[t] = r_t + d_t G_ext[t+1], G_ext[T] = V_T.
     G_ext = reward_to_go(jnp.concatenate([rewards, boot]), jnp.concatenate([discounts, zero]))
     w_ext = jnp.concatenate([jnp.ones_like(zero), jnp.cumprod(discounts)])  # w_0..w_T
-    pathwise = w_ext[0] * G_ext[0]  # = Σ_t w_t r_t + w_T V_T
-    after = G_ext[1:]
+    wG = w_ext * G_ext  # wG[t] = Σ_{k≥t} w_k r_k + w_T V_T
+    pathwise = wG[0]
+    factor = wG[:-1] if reward_uses_next_state else wG[1:]
     if baseline is not None:
         _check_1d(baseline, "baseline", T)
-        after = after - baseline
-    coeff = sg(w_ext[1:] * after)
+        factor = factor - w_ext[:-1] * baseline
     lp = transition_log_probs
-    return pathwise + jnp.sum((lp - sg(lp)) * coeff)
+    return pathwise + jnp.sum((lp - sg(lp)) * sg(factor))
 
 
 class HybridTrajectory(NamedTuple):
     """One trajectory of a system with a discrete stochastic transition part.
 
     states [T+1] (pytree), actions [T], modes [T] int, rewards [T],
-    log_probs [T] = log p(z_t | s_t, a_t) (differentiable through s_t, a_t).
+    log_probs [T] = log p(z_t | s_t, a_t) (differentiable through s_t, a_t),
+    alive [T+1] (1.0 while the episode runs; all ones without ``done``).
+    After the end of an episode the states repeat the terminal state, and the
+    rewards and log_probs are 0 (the modes there do not matter; sampled ones are 0).
     """
 
     states: PyTree
@@ -257,6 +302,7 @@ class HybridTrajectory(NamedTuple):
     modes: jax.Array
     rewards: jax.Array
     log_probs: jax.Array
+    alive: jax.Array
 
 
 def hybrid_unroll(
@@ -271,6 +317,7 @@ def hybrid_unroll(
     mode_noise: Optional[jax.Array] = None,
     modes: Optional[jax.Array] = None,
     policy_noise: Optional[PyTree] = None,
+    done: Optional[Callable[[PyTree], jax.Array]] = None,
 ) -> HybridTrajectory:
     """Roll one hybrid trajectory with ``lax.scan``: a_t = π(s_t, ε_t), z_t ~ softmax(logits(s_t, a_t)), s_{t+1} = f(s_t, a_t, z_t).
 
@@ -286,6 +333,9 @@ def hybrid_unroll(
       modes: [T] integer modes to follow instead (for exact enumeration); give
         exactly one of ``mode_noise`` and ``modes``.
       policy_noise: ε_0..ε_{T−1} with leading axis T, or None.
+      done: optional ``done(state) -> bool`` ending the episode (``mbpo_grad.rollout``'s
+        convention: r_t counts while alive_t; the state freezes at the first done state).
+        Dead steps see stop-gradient inputs, so nothing past the end reaches the gradient.
     """
     horizon = V.check_horizon(horizon)
     if horizon == 0:
@@ -297,6 +347,7 @@ def hybrid_unroll(
         (mode_logits, "mode_logits", "mode_logits(state, action) -> [K]"),
     ):
         V.check_callable(fn, name, sig)
+    V.check_callable(done, "done", "done(state) -> bool", optional=True)
     if (mode_noise is None) == (modes is None):
         raise ValueError("mode_noise / modes: give exactly one (Gumbel noise [T, K] to sample, or modes [T] to follow)")
     if mode_noise is not None:
@@ -313,30 +364,63 @@ def hybrid_unroll(
         if jnp.ndim(leaf) < 1 or jnp.shape(leaf)[0] != horizon:
             raise ValueError(f"policy_noise must have leading axis horizon = {horizon}; got shape {jnp.shape(leaf)}")
     uses_next = getattr(reward, "uses_next_state", False)
+    alive0 = jnp.asarray(1.0)
+    if done is not None:
+        alive0 = 1.0 - jnp.asarray(done(state), dtype=alive0.dtype)
 
-    def body(s, x):
+    def body(carry, x):
+        s, alive = carry
         (g, z_given), eps = x
-        a = policy(params, s, eps)
-        logits = mode_logits(s, a)
+        live = alive > 0
+        s_in = gate_gradient(live, s) if done is not None else s
+        a = policy(params, s_in, eps)
+        a_in = gate_gradient(live, a) if done is not None else a
+        logits = mode_logits(s_in, a_in)
+        if jnp.ndim(logits) != 1:
+            raise ValueError(f"mode_logits must return [K] logits for one state, got shape {jnp.shape(logits)}")
+        if g is not None and jnp.shape(g) != jnp.shape(logits):
+            raise ValueError(f"mode_noise must have shape [horizon, K] with K = {jnp.shape(logits)[0]} modes; "
+                             f"got [{horizon}, {jnp.shape(g)[0]}]")
         logp_all = jax.nn.log_softmax(logits)
         z = jnp.argmax(sg(logits) + g) if z_given is None else z_given
-        s_next = step(s, a, z)
-        r = reward(s, a, s_next) if uses_next else reward(s, a)
-        return s_next, (s, a, z, jnp.reshape(r, ()), logp_all[z])
+        s_next = step(s_in, a_in, z)
+        r = reward(s_in, a_in, s_next) if uses_next else reward(s_in, a_in)
+        r = jnp.reshape(r, ())
+        logp = logp_all[z]
+        if done is not None:
+            r = jnp.where(live, r, jnp.zeros_like(r))
+            logp = jnp.where(live, logp, jnp.zeros_like(logp))
+            if z_given is None:
+                z = jnp.where(live, z, jnp.zeros_like(z))
+            alive_next = alive * (1.0 - jnp.asarray(done(s_next), dtype=alive.dtype))
+            s_next = jax.tree_util.tree_map(lambda y, x: jnp.where(live, y, sg(x)), s_next, s)
+        else:
+            alive_next = alive
+        return (s_next, alive_next), (s, a, z, r, logp, alive)
 
-    s_T, (states, actions, zs, rewards, logps) = lax.scan(body, state, (xs_modes, policy_noise), length=horizon)
+    (s_T, alive_T), (states, actions, zs, rewards, logps, alives) = lax.scan(
+        body, (state, alive0), (xs_modes, policy_noise), length=horizon)
     all_states = jax.tree_util.tree_map(lambda xs, x: jnp.concatenate([xs, x[None]], 0), states, s_T)
-    return HybridTrajectory(all_states, actions, zs, rewards, logps)
+    all_alive = jnp.concatenate([alives, alive_T[None]])
+    return HybridTrajectory(all_states, actions, zs, rewards, logps, all_alive)
+
+
+def _hybrid_discounts(alive: jax.Array, gamma) -> jax.Array:
+    """[T] γ·alive_{t+1}: the surrogate's discounts_t = γ(1 − terminal_{t+1}) while alive_t (0 after)."""
+    return jnp.asarray(gamma, dtype=jnp.result_type(float)) * alive[1:]
 
 
 def dpmb_sf_objective(
     policy, params, step, reward, mode_logits, states, *, horizon, mode_noise, gamma=1.0,
-    policy_noise=None, bootstrap=None, score_function: bool = True,
+    policy_noise=None, bootstrap=None, score_function: bool = True, done=None,
 ) -> jax.Array:
     """Batch mean of ``dpmb_sf_surrogate`` over hybrid trajectories; ``jax.grad`` it.
 
     states: start states with leading axis B; mode_noise: Gumbel [horizon, B, K];
-    policy_noise: [horizon, B, ...] or None; bootstrap: ``V(state) -> scalar`` or None.
+    policy_noise: [horizon, B, ...] or None; bootstrap: ``V(state) -> scalar`` or None
+    (dropped for episodes that ended); done: ``done(state) -> bool`` or None.
+    The reward's kind picks the score factor: ``mg.transition_reward`` (r_t reads s_{t+1},
+    so r_t multiplies the score of z_t) or ``reward(s, a)`` (it does not).
     ``score_function=False`` drops the score terms: the pure pathwise gradient with the
     modes held fixed, which is BIASED whenever p(z | s, a) depends on the parameters.
     """
@@ -346,16 +430,18 @@ def dpmb_sf_objective(
     V.check_noise(policy_noise, "policy_noise", horizon, batch, "horizon")
     V.check_unit_interval(gamma, "gamma")
     V.check_callable(bootstrap, "bootstrap", "bootstrap(state) -> scalar", optional=True)
+    uses_next = bool(getattr(reward, "uses_next_state", False))
 
     def one(s0, g, eps):
         tr = hybrid_unroll(policy, params, step, reward, mode_logits, s0, horizon=horizon,
-                           mode_noise=g, policy_noise=eps)
-        disc = jnp.full_like(tr.rewards, gamma)
+                           mode_noise=g, policy_noise=eps, done=done)
+        disc = _hybrid_discounts(tr.alive, gamma).astype(tr.rewards.dtype)
         boot = None
         if bootstrap is not None:
-            boot = bootstrap(jax.tree_util.tree_map(lambda x: x[-1], tr.states))
+            v = jnp.reshape(bootstrap(jax.tree_util.tree_map(lambda x: x[-1], tr.states)), ())
+            boot = jnp.where(tr.alive[-1] > 0, v, jnp.zeros_like(v))
         lp = tr.log_probs if score_function else sg(tr.log_probs)
-        return dpmb_sf_surrogate(tr.rewards, lp, disc, bootstrap=boot)
+        return dpmb_sf_surrogate(tr.rewards, lp, disc, bootstrap=boot, reward_uses_next_state=uses_next)
 
     eps_axis = None if policy_noise is None else 1
     return jnp.mean(jax.vmap(one, in_axes=(0, 1, eps_axis))(states, mode_noise, policy_noise))
@@ -363,12 +449,15 @@ def dpmb_sf_objective(
 
 def exact_hybrid_return(
     policy, params, step, reward, mode_logits, state, *, horizon: int, num_modes: int, gamma=1.0,
-    max_sequences: int = 1 << 16,
+    max_sequences: int = 1 << 16, done=None,
 ) -> jax.Array:
     """E_z[Σ_{t<T} γ^t r_t] exactly, by enumerating all num_modes^T mode sequences (deterministic policy).
 
-        J = Σ_z exp(Σ_t log p(z_t | s_t, a_t)) · Σ_t γ^t r_t(z)
+        J = Σ_z exp(Σ_t log p(z_t | s_t, a_t)) · Σ_t γ^t alive_t r_t(z)
 
+    With ``done``, the modes after the end of an episode do not change the return
+    and their probabilities sum to one: each such tail is counted once (as z = 0
+    there), which needs no mode probability past the terminal state.
     A reference for small T (``max_sequences`` guards the cost); differentiable
     (``jax.grad``) and cheap enough for float64 finite differences.
     """
@@ -381,9 +470,11 @@ def exact_hybrid_return(
     seqs = jnp.asarray(np.array(list(itertools.product(range(num_modes), repeat=horizon)), dtype=np.int32))
 
     def one(z):
-        tr = hybrid_unroll(policy, params, step, reward, mode_logits, state, horizon=horizon, modes=z)
+        tr = hybrid_unroll(policy, params, step, reward, mode_logits, state, horizon=horizon, modes=z, done=done)
         disc = jnp.asarray(gamma, dtype=tr.rewards.dtype) ** jnp.arange(horizon, dtype=tr.rewards.dtype)
-        return jnp.sum(tr.log_probs), jnp.sum(disc * tr.rewards)
+        live = tr.alive[:-1] > 0
+        counted = jnp.all(live | (z == 0))  # one representative tail after the end
+        return jnp.sum(tr.log_probs), jnp.sum(disc * tr.rewards), counted
 
-    logp, ret = jax.vmap(one)(seqs)
-    return jnp.sum(jnp.exp(logp) * ret)
+    logp, ret, counted = jax.vmap(one)(seqs)
+    return jnp.sum(jnp.where(counted, jnp.exp(logp) * ret, jnp.zeros_like(ret)))

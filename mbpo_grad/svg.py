@@ -187,21 +187,43 @@ def svg_inf(policy, params, model_step, reward, states, *, episode_length, **kw)
 
 
 def temperature_loss(log_alpha: jax.Array, log_probs: jax.Array, target_entropy: Any) -> jax.Array:
-    """Loss for a learned entropy temperature α = exp(log α) (Haarnoja et al. 2018b, eq. 18):
+    """Loss for a learned entropy temperature α = exp(log α), parametrised in log α (SAC v2 style):
 
-        L(log α) = −α · mean[ sg(log π(a|s)) + H̄ ]
+        L(log α) = −log α · mean[ sg(log π(a|s)) + H̄ ],   ∂L/∂log α = −mean[ log π + H̄ ] = Ĥ(π) − H̄
 
-    Minimising it raises α when the policy entropy −E[log π] is below the target H̄ and lowers it above.
-    ``log_probs`` are treated as constants (stop-gradient). Typical H̄ = −act_dim.
+    Haarnoja et al. (2018b, eq. 18) write the objective linearly in α, −α (log π + H̄), whose
+    log-α gradient α (Ĥ − H̄) vanishes as α → 0; this form has the same sign and the same
+    fixed point (entropy = H̄) with a step that does not shrink with α. Descent raises α when
+    the entropy −E[log π] is below the target H̄ and lowers it above. ``log_probs`` (any shape)
+    are constants (stop-gradient). Typical H̄ = −act_dim. The one temperature loss of the
+    library (``mbpo_grad.agents.sac`` uses this function).
     """
+    if jnp.ndim(log_alpha) != 0:
+        raise ValueError(f"log_alpha must be a scalar (shape ()), got shape {jnp.shape(log_alpha)}")
+    if jnp.ndim(target_entropy) != 0:
+        raise ValueError(f"target_entropy must be a scalar (shape ()), got shape {jnp.shape(target_entropy)}")
     log_probs = jax.lax.stop_gradient(jnp.asarray(log_probs))
-    return -jnp.exp(log_alpha) * jnp.mean(log_probs + target_entropy)
+    return -log_alpha * jnp.mean(log_probs + target_entropy)
 
 
 # ------------------------------------------------------------------------- SVG on replayed data
 
 def importance_weights(log_prob: jax.Array, behaviour_log_prob: jax.Array, cap: Any) -> jax.Array:
-    """Truncated importance weights ρ̄ = min(exp(log π − log μ), c), stop-gradient (constants for the gradient)."""
+    """Truncated importance weights ρ̄ = min(exp(log π − log μ), c), stop-gradient (constants for the gradient).
+
+    ``behaviour_log_prob`` must have the shape of ``log_prob`` (one value per sample, e.g. [B]);
+    a [B, 1] against a [B] would broadcast to [B, B] weights, so a mismatch raises ``ValueError``.
+    ``cap`` is a scalar or an array that broadcasts to that shape without changing it.
+    """
+    V.check_same_shape(behaviour_log_prob, "behaviour_log_prob", log_prob, "log_prob")
+    shape = tuple(jnp.shape(log_prob))
+    try:
+        joint = tuple(jnp.broadcast_shapes(shape, jnp.shape(cap)))
+    except ValueError:
+        joint = None
+    if joint != shape:
+        raise ValueError(f"cap must be a scalar or broadcast to the shape of log_prob {shape}, "
+                         f"got shape {tuple(jnp.shape(cap))}")
     ratio = jnp.exp(jnp.asarray(log_prob) - jnp.asarray(behaviour_log_prob))
     return jax.lax.stop_gradient(jnp.minimum(ratio, cap))
 
@@ -228,14 +250,69 @@ def replay_noise(policy, params, model, model_params, batch, *, member):
     return jax.lax.stop_gradient(eps), jax.lax.stop_gradient(xi)
 
 
+def replay_log_ratio(policy, params, obs, eps_hat, *, behaviour_log_prob=None, behaviour_params=None,
+                     behaviour_noise=None):
+    """log ρ_b = log π_w(a_b|s_b) − log μ(a_b|s_b) [B] for replayed actions (no gradient: weights only).
+
+    Two routes, chosen by what the buffer kept about the behaviour policy μ:
+
+    * ``behaviour_log_prob`` [B] (log μ of the stored action a_b): the numerator is the current
+      policy's density of the replayed action â_b = π(s_b, ε̂_b; w), computed FORWARD from the
+      inferred noise ε̂_b = π⁻¹(a_b; s_b, w) (``sample_and_log_prob``) — the same evaluation as the
+      entropy term of the replayed return, and the action the return is computed at. Where float32
+      tanh has rounded a_b to ±1 the stored action has lost its pre-squash value, so ε̂_b (and
+      any density "of a_b") describes the clipped action ±(1 − 1e-6) (``mbpo_grad.policies._squash``);
+      the forward form then equals the inverse ``log_prob(a_b)`` and no route from a_b alone
+      recovers the density of the sample μ actually drew. ``behaviour_log_prob`` must therefore
+      be evaluated at the stored action too (e.g. ``log_prob(w_μ, s_b, a_b)``): a density recorded
+      forward from μ's own noise is that of a different point wherever a_b saturated, and the
+      ratio is then wrong by orders of magnitude (see the tests).
+    * ``behaviour_params`` w_μ and ``behaviour_noise`` ε_b [B, *noise_shape] (μ is the same policy
+      family at w_μ and drew a_b = π(s_b, ε_b; w_μ)): the ratio at μ's actual sample,
+      ``policy.log_ratio(w_μ, w, s_b, ε_b)`` — before the squash, whose Jacobian cancels, so exact
+      where a_b saturated. A bundle without ``log_ratio`` falls back to ``log_prob(w, s_b, a_b) −
+      log_prob(w_μ, s_b, a_b)`` at a_b = π(s_b, ε_b; w_μ), one path on both sides (so ρ = 1 at
+      w = w_μ exactly; at a saturated a_b it is the ratio at the clipped action).
+    """
+    obs = jnp.asarray(obs)
+    eps_hat = jnp.asarray(eps_hat)
+    if behaviour_params is not None or behaviour_noise is not None:
+        if behaviour_log_prob is not None:
+            raise ValueError("behaviour_log_prob: pass either behaviour_log_prob or behaviour_params with "
+                             "behaviour_noise, not both")
+        if behaviour_params is None or behaviour_noise is None:
+            raise ValueError("behaviour_params / behaviour_noise: the exact route needs both (the behaviour "
+                             "policy's parameters and the noise it drew each stored action with)")
+        noise = jnp.asarray(behaviour_noise)
+        if noise.shape != eps_hat.shape:
+            raise ValueError(f"behaviour_noise must have shape [B, *noise_shape] = {eps_hat.shape} "
+                             f"(batch['s'] {obs.shape}), got {noise.shape}")
+        bp = jax.lax.stop_gradient(behaviour_params)
+        if getattr(policy, "log_ratio", None) is not None:
+            log_r = jax.vmap(policy.log_ratio, in_axes=(None, None, 0, 0))(bp, params, obs, noise)
+        else:
+            a = jax.vmap(policy.sample, in_axes=(None, 0, 0))(bp, obs, noise)
+            log_r = (jax.vmap(policy.log_prob, in_axes=(None, 0, 0))(params, obs, a)
+                     - jax.vmap(policy.log_prob, in_axes=(None, 0, 0))(bp, obs, a))
+        return jax.lax.stop_gradient(log_r)
+    if behaviour_log_prob is None:
+        raise ValueError("behaviour_log_prob: needed (or behaviour_params with behaviour_noise)")
+    _, lp = jax.vmap(lambda o, e: sample_and_log_prob(policy, params, o, e))(obs, eps_hat)
+    V.check_same_shape(behaviour_log_prob, "behaviour_log_prob", lp, "log_prob")
+    return jax.lax.stop_gradient(lp - jnp.asarray(behaviour_log_prob))
+
+
 def svg_replay_returns(
     policy, params, model, model_params, batch, *, critic=None, gamma: Any = 1.0, key=None,
     behaviour_log_prob=None, cap: Any = 5.0, alpha: Any = None, member=None, next_policy_noise=None,
+    behaviour_params=None, behaviour_noise=None,
 ):
     """Per-transition replayed one-step returns and their weights: ``(J [B], weights [B])``.
 
     J_b = r̂_b − α log π(â_b|s_b) + γ [Q(ŝ'_b, π(ŝ'_b, ε'_b)) − α log π(·|ŝ'_b)] on the replayed
-    (â_b, ŝ'_b, r̂_b), which equal the stored (a_b, s'_b, r_b) in value. See ``svg_replay_objective``.
+    (â_b, ŝ'_b, r̂_b), which equal the stored (a_b, s'_b, r_b) in value; both log π forward from
+    the noise (inferred ε̂_b at s_b, drawn ε'_b at ŝ'_b). Weights: ``replay_log_ratio``, truncated
+    at ``cap``. See ``svg_replay_objective``.
     """
     s = jnp.asarray(_field(batch, "s"))
     for name in ("a", "r", "s_next"):
@@ -267,17 +344,19 @@ def svg_replay_returns(
         model.initial_state(s), horizon=1, gamma=gamma, bootstrap=bootstrap,
         policy_noise=noise, dynamics_noise=xi,
     )
-    if behaviour_log_prob is None:
+    if behaviour_log_prob is None and behaviour_params is None and behaviour_noise is None:
         weights = jnp.ones((B,), returns.dtype)
     else:
-        lp = jax.vmap(policy.log_prob, in_axes=(None, 0, 0))(params, s, _field(batch, "a"))
-        weights = importance_weights(lp, behaviour_log_prob, cap)
+        log_r = replay_log_ratio(policy, params, s, eps, behaviour_log_prob=behaviour_log_prob,
+                                 behaviour_params=behaviour_params, behaviour_noise=behaviour_noise)
+        weights = importance_weights(log_r, jnp.zeros_like(log_r), cap)
     return returns, weights
 
 
 def svg_replay_objective(
     policy, params, model, model_params, batch, *, critic=None, gamma: Any = 1.0, key=None,
     behaviour_log_prob=None, cap: Any = 5.0, alpha: Any = None, member=None, next_policy_noise=None,
+    behaviour_params=None, behaviour_noise=None,
 ) -> jax.Array:
     """SVG(1)-ER objective on replayed transitions: mean_b ρ̄_b J_b; ``jax.grad`` w.r.t. ``params``.
 
@@ -289,7 +368,11 @@ def svg_replay_objective(
       critic: ``critic(obs, action)`` evaluated at (ŝ', π(ŝ', ε')), or None (immediate reward only).
       gamma: discount.
       key: PRNG key for ε' at s' and (if ``member`` is None) the model member per transition.
-      behaviour_log_prob: log μ(a_b|s_b) [B] of the policy that collected the data; None: weights 1.
+      behaviour_log_prob: log μ(a_b|s_b) [B] of the stored actions under the policy that collected
+        the data (evaluated at the stored action; see ``replay_log_ratio``); None: weights 1.
+      behaviour_params, behaviour_noise: instead of ``behaviour_log_prob``, the behaviour policy's
+        parameters (same family) and the noise ε_b [B, *noise_shape] it drew a_b with: the
+        weights are then exact where float32 tanh rounded a_b to ±1 (``replay_log_ratio``).
       cap: truncation c of the importance weights (may be an array).
       alpha: entropy temperature (None: no entropy terms).
       member: elite slot per transition [B] (or scalar) used to infer ξ; None draws it uniformly.
@@ -298,6 +381,6 @@ def svg_replay_objective(
     returns, weights = svg_replay_returns(
         policy, params, model, model_params, batch, critic=critic, gamma=gamma, key=key,
         behaviour_log_prob=behaviour_log_prob, cap=cap, alpha=alpha, member=member,
-        next_policy_noise=next_policy_noise,
+        next_policy_noise=next_policy_noise, behaviour_params=behaviour_params, behaviour_noise=behaviour_noise,
     )
     return jnp.mean(weights * returns)

@@ -101,3 +101,79 @@ def check_callable(fn: Any, name: str, signature: str, optional: bool = False) -
         return
     if not callable(fn):
         raise TypeError(f"{name} must be a callable {signature}; got {type(fn).__name__}")
+
+
+def check_same_shape(x: Any, name: str, reference: Any, reference_name: str) -> None:
+    """``x`` and ``reference`` have equal shapes (no silent broadcasting of per-sample arrays).
+
+    The hazard: a per-sample array of shape [B] against one of shape [B, 1] broadcasts
+    to [B, B], and a mean over it is a plausible but wrong number. Shapes are static, so
+    this costs nothing under ``jit``.
+    """
+    xs, rs = tuple(jnp.shape(x)), tuple(jnp.shape(reference))
+    if xs != rs:
+        hint = ""
+        if len(xs) == len(rs) + 1 and xs[-1:] == (1,) and xs[:-1] == rs:
+            hint = f"; drop the trailing axis, e.g. {name}[..., 0] or {name}.reshape({rs})"
+        elif len(rs) == len(xs) + 1 and rs[-1:] == (1,) and rs[:-1] == xs:
+            hint = f"; {reference_name} has a trailing axis of 1: drop it with {reference_name}[..., 0]"
+        raise ValueError(
+            f"{name} must have the shape of {reference_name} {rs} (per-sample arrays are not broadcast), "
+            f"got {xs}{hint}"
+        )
+
+
+def trace_call(label: str, fn: Any, *args) -> Any:
+    """``jax.eval_shape(fn, *args)``; an error inside ``fn`` becomes a ValueError naming it and the input shapes."""
+    try:
+        return jax.eval_shape(fn, *args)
+    except Exception as err:  # noqa: BLE001 - re-raised with the function and the shapes it was given
+        given = ", ".join("None" if a is None else str(tuple(a.shape)) if hasattr(a, "shape") else "params"
+                          for a in args)
+        text = str(err)
+        text = text if len(text) <= 600 else text[:600] + " ..."
+        raise ValueError(f"{label} failed when traced on inputs of shapes ({given}) "
+                         f"[{type(err).__name__}: {text}]") from err
+
+
+def check_policy(policy: Any, obs_size: int, action_size: int, *, density: bool = False, dtype: Any = None) -> None:
+    """Trace a policy bundle once (``jax.eval_shape``, no computation) against an env's sizes.
+
+    With params = policy.init(key), obs of shape (obs_size,) and ε of shape
+    ``policy.noise_shape``: ``policy.sample(params, obs, ε)`` and ``policy.sample(params, obs, None)``
+    (the agents' greedy action) must return shape (action_size,); with ``density``,
+    ``sample_and_log_prob`` must return that action and a scalar log π, and
+    ``log_prob(params, obs, a)`` a scalar. A wrong action size would otherwise broadcast
+    silently against the env or the critic. Raises ``ValueError`` naming the policy,
+    the function and the shapes.
+    """
+    from mbpo_grad.policies.base import sample_and_log_prob
+
+    dtype = jnp.result_type(float) if dtype is None else dtype
+    label = f"policy {getattr(policy, 'name', type(policy).__name__)!r}"
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    params = trace_call(f"{label}.init", policy.init, key)
+    obs = jax.ShapeDtypeStruct((int(obs_size),), dtype)
+    eps = jax.ShapeDtypeStruct(tuple(policy.noise_shape), dtype)
+    want = (int(action_size),)
+
+    def check_action(out, what):
+        if not hasattr(out, "shape") or tuple(out.shape) != want:
+            got = tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
+            raise ValueError(f"{label}: {what} must return an action of shape (env.action_size,) = {want} for an "
+                             f"observation of shape (env.obs_size,) = ({int(obs_size)},), got {got}")
+
+    check_action(trace_call(f"{label}.sample", policy.sample, params, obs, eps),
+                 f"sample(params, obs, eps of shape {tuple(policy.noise_shape)})")
+    check_action(trace_call(f"{label}.sample", lambda p, o: policy.sample(p, o, None), params, obs),
+                 "sample(params, obs, None)")
+    if density:
+        a, lp = trace_call(f"{label}.sample_and_log_prob",
+                            lambda p, o, e: sample_and_log_prob(policy, p, o, e), params, obs, eps)
+        check_action(a, "sample_and_log_prob")
+        for what, out in (("sample_and_log_prob", lp),
+                          ("log_prob", trace_call(f"{label}.log_prob", policy.log_prob, params, obs,
+                                                   jax.ShapeDtypeStruct(want, dtype)))):
+            if not hasattr(out, "shape") or tuple(out.shape) != ():
+                got = tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
+                raise ValueError(f"{label}: {what} must return a scalar log-density (shape ()), got {got}")

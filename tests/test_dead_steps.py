@@ -150,3 +150,30 @@ def test_reward_and_bootstrap_of_shape_one_are_rejected():
     with pytest.raises(ValueError, match=r"bootstrap: .*shape \(1,\)"):
         mg.nstep(policy, jnp.asarray(W, jnp.float32), step_smooth, reward_smooth, jnp.asarray(S0, jnp.float32),
                  horizon=2, bootstrap=lambda s, a: s)
+
+
+def test_critic_losses_and_targets_ignore_nan_at_masked_entries():
+    from mbpo_grad import critics as C
+    with jax.enable_x64(True):
+        pred_w = jnp.array([0.5, -1.0, 2.0])
+        x = jnp.array([1.0, 2.0, 3.0])
+        targets = jnp.array([0.2, jnp.nan, 1.0])          # a dead step's target
+        w = jnp.array([1.0, 0.0, 2.0])
+
+        def loss(p):
+            return C.mse(p * x, targets, w)
+
+        v, g = jax.value_and_grad(loss)(pred_w)
+        # Exact: Σ w (p x − y)² / Σ w over the live entries only.
+        live = np.array([0, 2])
+        px, y, ww = np.asarray(pred_w * x)[live], np.asarray(targets)[live], np.asarray(w)[live]
+        np.testing.assert_allclose(v, np.sum(ww * (px - y) ** 2) / ww.sum(), rtol=1e-14)
+        expect = np.zeros(3)
+        expect[live] = 2 * ww * (px - y) * np.asarray(x)[live] / ww.sum()
+        np.testing.assert_allclose(g, expect, rtol=1e-14)
+
+        # r + γ d v' with a NaN v' at the terminal transition (d = 0): finite, exact.
+        y = C.one_step_targets(jnp.array([1.0, 2.0]), jnp.array([1.0, 0.0]), 0.9, jnp.array([3.0, jnp.nan]))
+        np.testing.assert_allclose(y, [1.0 + 0.9 * 3.0, 2.0], rtol=1e-14)
+        with pytest.raises(ValueError, match="next_value"):
+            C.one_step_targets(jnp.ones(2), jnp.ones(2), 0.9, jnp.ones((2, 1)))

@@ -4,10 +4,13 @@
     envs whose window saw a fault (checked against the fault stream itself), resets them, and
     the parameters, optimiser states and normaliser stay finite; with ``guard="batch"`` the
     update is skipped instead whenever any env faulted.
-(b) Float32 BPO on pendulum over a 400-step horizon from a high-gain policy: per-env gradient
-    norms blow up (> 1e6, up to ~1e17); the run stops with ``SkipRateExceeded`` naming the
-    horizon and the remedies (shorter horizon with a critic bootstrap, --x64), and the
-    parameters it leaves are finite.
+(b) Float32 BPO over a 400-step horizon on an unstable linear system whose gradient overflows
+    float32 by construction (gain 1.5: the exact gradient is ~1e70 > 3.4e38; the forward pass
+    sits exactly at the origin, so every value stays finite): every per-env gradient is
+    non-finite, the run stops with ``SkipRateExceeded`` naming the horizon and the remedies
+    (shorter horizon with a critic bootstrap, --x64), and the parameters it leaves are finite.
+    (An earlier version relied on float32 round-off blowing up on pendulum from a high-gain
+    policy within 8 iterations, which depended on the code XLA generates for the processor.)
 Plus the float64 switch end to end (parameters, normaliser, env states). (c) Determinism — two
 runs with the same seed write identical ``metrics.csv`` files — is checked across processes in
 ``tests/test_train_cli.py``, where the runs share one compilation.
@@ -93,26 +96,67 @@ def test_fault_injection_masks_exactly_the_faulted_envs_and_parameters_stay_fini
     assert int(state.actor_opt.total_skipped) == sum(skipped)
 
 
-def _high_gain_policy():
-    """A tanh MLP whose init has large gains (hidden ×3, output ×30): over long horizons the
-    closed loop's Jacobian products blow up on pendulum (measured per-env norms 1e7–1e17)."""
-    base = deterministic(3, 1, (16,))
-
-    def init(key):
-        del key
-        p = base.init(jax.random.key(2))
-        return {"Dense_0": jax.tree_util.tree_map(lambda x: 3.0 * x, p["Dense_0"]),
-                "Dense_1": jax.tree_util.tree_map(lambda x: 30.0 * x, p["Dense_1"])}
-
-    return base._replace(init=init, name="high-gain")
+GAIN, N_STEPS = 1.5, 400
 
 
-def test_float32_bpo_explosion_on_a_long_pendulum_horizon_stops_with_the_remedy():
-    cfg = shac.bpo_config("pendulum", episode_length=400, num_envs=4, iterations=8, eval_every=2, obs_norm=False,
-                          actor_hidden=(16,), actor_lr=1e-3, eval_envs=2, skip_window=4, skip_threshold=0.5)
-    assert cfg.horizon == 400 and not cfg.use_critic and cfg.guard == "per_env"
+def _unstable_line(gain=GAIN, episode_length=N_STEPS):
+    """s' = g s + a, r = s, s_0 = 0, observation ≡ 0 (1-D, deterministic): an explosion by construction.
+
+    The policy sees a constant observation (an open-loop controller), so the closed loop's Jacobian
+    ∂s_{t+1}/∂s_t is exactly g whatever the parameters. A tanh MLP with zero biases (flax's
+    default) outputs a = tanh(W2 tanh(W1 · 0)) = 0 exactly, so the forward pass stays at the origin:
+    every state, action, reward and return is exactly 0. The gradient does not: with
+    J = Σ_{k<n} γ^k s_k and s_k = Σ_{t<k} g^{k-1-t} a_t, the output bias b (∂a_t/∂b = tanh'(0) = 1) has
+
+        ∂J/∂b = Σ_{t<n} Σ_{t<k<n} γ^k g^{k-1-t}  ≥  γ^{n-1} g^{n-2}  ≈ 0.99^399 · 1.5^398 ≈ 1e68,
+
+    far beyond float32's 3.4e38, so no float32 evaluation order can represent it (in float64 it is
+    finite, and far above the skip threshold 1e6)."""
+    def step(s, a, xi):
+        del xi
+        return gain * s + a
+
+    return envs.Env(name="unstable-line", obs_size=1, action_size=1, episode_length=episode_length,
+                    reset=lambda key: jnp.zeros((1,), jnp.float32), step=step,
+                    reward=lambda s, a: s[0], observe=lambda s: jnp.zeros_like(s))
+
+
+def _exact_bias_grad(gamma, gain, n):
+    """∂J/∂b above, summed in float64 by hand."""
+    return sum(gamma ** k * gain ** (k - 1 - t) for t in range(n) for k in range(t + 1, n))
+
+
+def test_unstable_line_gradient_overflows_float32_but_not_float64():
+    """The premise of the next test, on its own: exact zeros forward, overflow backward."""
+    import mbpo_grad as mg
+
+    env = _unstable_line()
+    pol = deterministic(1, 1, (16,))
+
+    def objective(p):
+        s0 = jnp.zeros((2, 1), jax.tree_util.tree_leaves(p)[0].dtype)
+        return mg.pathwise_objective(lambda pp, s, e=None: pol.sample(pp, env.observe(s)), p, env.step,
+                                     env.reward, s0, horizon=N_STEPS, gamma=0.99)
+
+    params = pol.init(jax.random.key(0))
+    j32, g32 = jax.value_and_grad(objective)(params)
+    assert float(j32) == 0.0
+    assert not np.all(np.isfinite(np.asarray(g32["Dense_1"]["bias"])))
+    with jax.enable_x64(True):
+        g64 = jax.grad(objective)(jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), params))
+        b = float(np.asarray(g64["Dense_1"]["bias"])[0])
+        exact = _exact_bias_grad(0.99, GAIN, N_STEPS)
+        assert exact > 1e60 and abs(b / exact - 1) < 1e-9, (b, exact)
+
+
+def test_float32_bpo_explosion_on_a_long_horizon_stops_with_the_remedy():
+    env = _unstable_line()
+    cfg = shac.bpo_config("pendulum", episode_length=N_STEPS, num_envs=4, iterations=8, eval_every=2,
+                          obs_norm=False, actor_hidden=(16,), actor_lr=1e-3, eval_envs=2, skip_window=4,
+                          skip_threshold=0.5)
+    assert cfg.horizon == N_STEPS and not cfg.use_critic and cfg.guard == "per_env"
     with pytest.raises(guards.SkipRateExceeded) as info:
-        shac.train(cfg, jax.random.key(0), policy=_high_gain_policy(), progress=False)
+        shac.train(cfg, jax.random.key(0), env=env, progress=False)
     err = info.value
     msg = str(err)
     assert "\n" not in msg
@@ -120,11 +164,11 @@ def test_float32_bpo_explosion_on_a_long_pendulum_horizon_stops_with_the_remedy(
         assert part in msg, (part, msg)
     m = err.metrics
     assert err.iteration < cfg.iterations and m["skipped_updates"].shape == (err.iteration,)
-    # The gradient did blow up, and the guards kept it away from the parameters.
-    norms = m["max_env_grad_norm"]
-    assert np.any(~np.isfinite(norms) | (norms > 1e6)), norms
-    assert np.sum(m["skipped_updates"]) >= 1 and np.sum(m["masked_envs"]) >= cfg.num_envs
-    assert np.all(m["grad_norm"][m["skipped_updates"] == 0] <= cfg.max_grad_norm_to_skip)
+    # Every env's gradient overflowed, every update was skipped, and the guards kept it away from
+    # the parameters; the forward values stayed exactly 0.
+    assert np.all(~np.isfinite(m["max_env_grad_norm"])), m["max_env_grad_norm"]
+    assert np.all(m["skipped_updates"] == 1) and np.all(m["masked_envs"] == cfg.num_envs)
+    assert np.all(m["window_return"] == 0.0), m["window_return"]
     assert _all_finite((err.state.policy_params, err.state.actor_opt.inner_state))
 
 

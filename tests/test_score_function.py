@@ -66,7 +66,8 @@ def test_gae_surrogate_lambda_one_is_reinforce_with_baseline(x64):
 
 
 def test_dpmb_sf_surrogate_value_and_gradient(x64):
-    """Value = the pathwise return (+ bootstrap); gradient = pathwise + Σ_t ∇log p_t · Σ_{k>t} w_k r_k."""
+    """Value = the pathwise return (+ bootstrap); gradient = pathwise + Σ_t ∇log p_t · C_t − w_t b_t with
+    C_t = Σ_{k>t} w_k r_k + w_T V_T for r(s, a) rewards and Σ_{k≥t} w_k r_k + w_T V_T for transition rewards."""
     rng = np.random.default_rng(2)
     T, P = 5, 2
     A_r, A_l = rng.normal(size=(T, P)), rng.normal(size=(T, P))
@@ -75,20 +76,25 @@ def test_dpmb_sf_surrogate_value_and_gradient(x64):
     rewards = lambda th: jnp.sin(jnp.asarray(A_r) @ th)  # noqa: E731  (differentiable rewards)
     logp = lambda th: -jnp.exp(jnp.asarray(A_l) @ th)  # noqa: E731
     boot = lambda th: jnp.cos(jnp.asarray(b_coef) @ th)  # noqa: E731
-    disc = jnp.full(T, gamma)
-
-    L = lambda th: sf.dpmb_sf_surrogate(rewards(th), logp(th), disc, bootstrap=boot(th))  # noqa: E731
+    disc = np.full(T, gamma)
+    disc[3] = 0.0  # a terminal at t = 4: w_4 = w_5 = 0
+    base = rng.normal(size=T)
     r = np.asarray(rewards(theta))
-    w = gamma ** np.arange(T + 1)
+    w = np.concatenate([[1.0], np.cumprod(disc)])  # w_0..w_T
     ret = float(np.sum(w[:T] * r) + w[T] * boot(theta))
-    np.testing.assert_allclose(L(theta), ret, rtol=1e-12)
-
-    # reference gradient, term by term
     J_path = jax.grad(lambda th: jnp.sum(jnp.asarray(w[:T]) * rewards(th)) + w[T] * boot(th))(theta)
     dlogp = np.asarray(jax.jacobian(logp)(theta))  # [T, P]
-    after = np.array([np.sum(w[t + 1:T] * r[t + 1:]) + w[T] * float(boot(theta)) for t in range(T)])
-    ref = np.asarray(J_path) + after @ dlogp
-    np.testing.assert_allclose(jax.grad(L)(theta), ref, rtol=1e-12)
+    for uses_next in (False, True):
+        for b in (None, base):
+            L = lambda th: sf.dpmb_sf_surrogate(rewards(th), logp(th), jnp.asarray(disc), bootstrap=boot(th),  # noqa
+                                                baseline=None if b is None else jnp.asarray(b),
+                                                reward_uses_next_state=uses_next)
+            np.testing.assert_allclose(L(theta), ret, rtol=1e-12)
+            first = (lambda t: t) if uses_next else (lambda t: t + 1)
+            C = np.array([np.sum(w[first(t):T] * r[first(t):]) + w[T] * float(boot(theta)) for t in range(T)])
+            if b is not None:
+                C = C - w[:T] * b
+            np.testing.assert_allclose(jax.grad(L)(theta), np.asarray(J_path) + C @ dlogp, rtol=1e-12)
 
 
 # ---------------------------------------------------------------------------- switching cart (hybrid system)
@@ -203,6 +209,10 @@ def test_bad_inputs():
         sf.gae_surrogate(r, r, jnp.zeros(6), r, 1.2)
     with pytest.raises(ValueError, match="transition_log_probs"):
         sf.dpmb_sf_surrogate(r, jnp.zeros(3), r)
+    with pytest.raises(ValueError, match="bootstrap"):
+        sf.dpmb_sf_surrogate(r, r, r, bootstrap=jnp.zeros(5))
+    with pytest.raises(TypeError, match="reward_uses_next_state"):
+        sf.dpmb_sf_surrogate(r, r, r, reward_uses_next_state="yes")
     with pytest.raises(ValueError, match="targets"):
         sf.baseline_loss(jnp.zeros(3), jnp.zeros(4))
     s0 = jnp.zeros(2)
@@ -211,6 +221,12 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="mode_noise"):
         sf.hybrid_unroll(cart_policy, jnp.zeros(2), sc.step_mode, sc.reward, sc.mode_logits, s0, horizon=3,
                          mode_noise=jnp.zeros((4, 2)))
+    with pytest.raises(ValueError, match=r"mode_noise.*K = 2"):
+        sf.hybrid_unroll(cart_policy, jnp.zeros(2), sc.step_mode, sc.reward, sc.mode_logits, s0, horizon=3,
+                         mode_noise=jnp.zeros((3, 3)))
+    with pytest.raises(TypeError, match="done"):
+        sf.hybrid_unroll(cart_policy, jnp.zeros(2), sc.step_mode, sc.reward, sc.mode_logits, s0, horizon=3,
+                         modes=jnp.zeros(3, jnp.int32), done=1.0)
     with pytest.raises(TypeError, match="mode_logits"):
         sf.hybrid_unroll(cart_policy, jnp.zeros(2), sc.step_mode, sc.reward, None, s0, horizon=3,
                          modes=jnp.zeros(3, jnp.int32))

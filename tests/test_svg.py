@@ -133,17 +133,26 @@ def test_svg_objective_samples_noise_from_key_and_entropy_is_optional():
 
 
 def test_temperature_loss_gradient():
+    """The one temperature loss, in log α: L = −log α · mean(sg(log π) + H̄), ∂L/∂log α = −mean(log π + H̄)."""
+    from mbpo_grad.agents import sac
+    assert sac.temperature_loss is svg.temperature_loss  # one function, not two with different gradients
     log_alpha = jnp.array(0.3)
     log_probs = jnp.array([-1.0, 0.5, 2.0])
     target = -1.0
     loss, (g_alpha, g_lp) = jax.value_and_grad(svg.temperature_loss, argnums=(0, 1))(log_alpha, log_probs, target)
-    alpha = math.exp(0.3)
-    np.testing.assert_allclose(loss, -alpha * (np.mean([-1.0, 0.5, 2.0]) + target), rtol=1e-6)
-    np.testing.assert_allclose(g_alpha, -alpha * (np.mean([-1.0, 0.5, 2.0]) + target), rtol=1e-6)
+    np.testing.assert_allclose(loss, -0.3 * (np.mean([-1.0, 0.5, 2.0]) + target), rtol=1e-6)
+    np.testing.assert_allclose(g_alpha, -(np.mean([-1.0, 0.5, 2.0]) + target), rtol=1e-6)
     np.testing.assert_array_equal(g_lp, 0.0)  # log-probs are constants for the temperature
+    # the step in log α does not shrink with α (the α-linear form's gradient α·(Ĥ − H̄) would)
+    for la in (-20.0, 0.0, 5.0):
+        np.testing.assert_allclose(jax.grad(svg.temperature_loss)(jnp.array(la), log_probs, target),
+                                   g_alpha, rtol=1e-6)
     # entropy (−mean log π = −0.5) below target (1.0) -> descent raises α
-    assert float(svg.temperature_loss(log_alpha, log_probs, 1.0)) < 0 and float(
-        jax.grad(svg.temperature_loss)(log_alpha, log_probs, 1.0)) < 0
+    assert float(jax.grad(svg.temperature_loss)(log_alpha, log_probs, 1.0)) < 0
+    with pytest.raises(ValueError, match="log_alpha"):
+        svg.temperature_loss(jnp.zeros(2), log_probs, target)
+    with pytest.raises(ValueError, match="target_entropy"):
+        svg.temperature_loss(log_alpha, log_probs, jnp.zeros(2))
 
 
 # ---------------------------------------------------------------- SVG(1)-ER on a learned model
@@ -258,6 +267,73 @@ def test_replay_importance_weights_are_truncated_constants():
     with pytest.raises(ValueError, match="s_next"):
         svg.svg_replay_objective(pol, w, m, mp, {k: v for k, v in batch.items() if k != "s_next"},
                                  key=jax.random.PRNGKey(0))
+
+
+def _saturated_gaussian(bias):
+    """A 1-D tanh-Gaussian on OBS inputs with a constant pre-squash mean ``bias`` and raw log σ −1."""
+    pol = mg.policies.gaussian(OBS, ACT, hidden=(8,))
+    p = pol.init(jax.random.PRNGKey(11))
+    net = dict(p["net"])
+    last = sorted(net)[-1]
+    net[last] = {"kernel": jnp.zeros_like(net[last]["kernel"]), "bias": jnp.array([bias, -1.0], jnp.float32)}
+    return pol, {"net": net}
+
+
+def test_replay_weights_exact_where_float32_tanh_saturates():
+    """Behaviour μ: pre-squash mean 12 (every float32 action rounds to exactly ±1); current π: mean
+    12.1. Reference (float64, by hand): the importance ratio at μ's sample u = μ_μ + σ ε,
+    N(u; μ_π, σ)/N(u; μ_μ, σ) = exp(ε Δ/σ − Δ²/(2σ²)). With the behaviour's parameters and noise
+    the weights match it; from the stored action alone (the old route: log_prob of the stored
+    action against a behaviour density recorded forward) they are wrong by orders of magnitude —
+    even on-policy, where the exact weight is 1 and the old route gives ~1e-40."""
+    from mbpo_grad.bijectors import soft_clip
+
+    pol, w_mu = _saturated_gaussian(12.0)
+    _, w_pi = _saturated_gaussian(12.1)
+    m, mp = _model_and_params(jax.random.PRNGKey(5))
+    s = jax.random.normal(jax.random.PRNGKey(6), (B, OBS))
+    eps_mu = jnp.linspace(-3.0, 3.0, B)[:, None]
+    a, lp_mu_fwd = jax.vmap(lambda o, e: mg.policies.sample_and_log_prob(pol, w_mu, o, e))(s, eps_mu)
+    assert np.all(np.asarray(a) == 1.0)  # 1 − tanh(u) ≤ 1e-8 < 2^-25: float32 has rounded every action
+    s_next, r = jax.vmap(m.sample, in_axes=(None, 0, 0, 0))(
+        mp, s, a, jax.tree_util.tree_map(lambda x: x[0], m.sample_noise(jax.random.PRNGKey(7), (1, B))))
+    batch = {"s": s, "a": a, "r": r, "s_next": s_next}
+    kw = dict(critic=_critic2, gamma=0.9, member=jnp.zeros(B), next_policy_noise=jnp.zeros((B, ACT)), cap=1e6)
+
+    with jax.enable_x64(True):
+        sigma = math.exp(float(soft_clip(jnp.asarray(-1.0, jnp.float64), -5.0, 2.0)))
+    e = np.linspace(-3.0, 3.0, B)
+    delta = 12.1 - 12.0
+    exact = np.exp(e * delta / sigma - delta ** 2 / (2 * sigma ** 2))
+    assert exact.max() / exact.min() > 2.0  # the weights differ across the batch
+
+    def weights(w, **extra):
+        return svg.svg_replay_returns(pol, w, m, mp, batch, **kw, **extra)[1]
+
+    new = weights(w_pi, behaviour_params=w_mu, behaviour_noise=eps_mu)
+    np.testing.assert_allclose(new, exact, rtol=1e-4)
+    on = weights(w_mu, behaviour_params=w_mu, behaviour_noise=eps_mu)
+    np.testing.assert_allclose(on, 1.0, rtol=1e-5)
+
+    # The old route: inverse log_prob of the stored (±1) action against the forward-recorded log μ.
+    lp_inv = jax.vmap(pol.log_prob, in_axes=(None, 0, 0))(w_pi, s, a)
+    old = np.minimum(np.exp(np.asarray(lp_inv - lp_mu_fwd, np.float64)), 1e6)
+    assert np.all(np.abs(np.log(old / exact)) > 3.0), (old, exact)
+    old_on = np.exp(np.asarray(jax.vmap(pol.log_prob, in_axes=(None, 0, 0))(w_mu, s, a) - lp_mu_fwd, np.float64))
+    assert np.all(old_on < 1e-30), old_on  # on-policy data weighted ~1e-40 instead of 1
+    # behaviour_log_prob from the stored action (same path as the numerator): on-policy weights are 1;
+    # off-policy it is the ratio at the clipped action, which is what the stored action still holds.
+    lp_stored = jax.vmap(pol.log_prob, in_axes=(None, 0, 0))(w_mu, s, a)
+    np.testing.assert_allclose(weights(w_mu, behaviour_log_prob=lp_stored), 1.0, rtol=1e-5)
+
+    with pytest.raises(ValueError, match="not both"):
+        weights(w_pi, behaviour_log_prob=lp_stored, behaviour_params=w_mu, behaviour_noise=eps_mu)
+    with pytest.raises(ValueError, match="behaviour_noise"):
+        weights(w_pi, behaviour_params=w_mu)
+    with pytest.raises(ValueError, match=r"behaviour_noise must have shape \[B, \*noise_shape\] = \(6, 1\)"):
+        weights(w_pi, behaviour_params=w_mu, behaviour_noise=eps_mu[:, 0])
+    with pytest.raises(ValueError, match="behaviour_log_prob"):
+        weights(w_pi, behaviour_log_prob=lp_stored[:, None])
 
 
 def test_entropy_terms_are_exact_where_float32_tanh_saturates():

@@ -39,6 +39,7 @@ from jax import lax
 from mbpo_grad.policies.base import Policy
 from mbpo_grad.rollout import TransitionReward, transition_reward
 from mbpo_grad.sweeps import sweep
+from mbpo_grad.validation import check_policy
 
 PyTree = Any
 
@@ -71,6 +72,16 @@ def make_env(name, **kw):
         raise ValueError(f"env: {err}") from None
 
 
+def check_user_env(env):
+    """A user's env (any ``envs.base.Env``), checked once with ``envs.check_env``: every function is
+    traced with ``jax.eval_shape`` against the declared ``obs_size`` / ``action_size``, so a
+    mismatch raises a ``ValueError`` naming the function and the shapes here, not deep inside a
+    compiled training step. Returns ``env``."""
+    import envs
+
+    return envs.check_env(env)
+
+
 def check_hidden(h, name):
     if not isinstance(h, (tuple, list)) or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in h):
         raise ValueError(f"{name} must be a tuple of positive ints, got {h!r}")
@@ -78,8 +89,10 @@ def check_hidden(h, name):
 
 def policy_for(env, policy, default: Callable[[], Any], *, density_error: Optional[str] = None):
     """The policy bundle an agent runs: ``default()`` when ``policy`` is None, else ``policy``,
-    checked to be a ``Policy`` whose sizes match ``env``. ``density_error``: the message of the
-    ``ValueError`` for a deterministic bundle when the agent needs a density."""
+    checked to be a ``Policy`` whose sizes match ``env``, and traced once (``jax.eval_shape``,
+    ``validation.check_policy``) so that an action of the wrong shape raises here instead of
+    broadcasting silently. ``density_error``: the message of the ``ValueError`` for a
+    deterministic bundle when the agent needs a density (the density is then traced too)."""
     if policy is None:
         policy = default()
     if not isinstance(policy, Policy):
@@ -89,6 +102,7 @@ def policy_for(env, policy, default: Callable[[], Any], *, density_error: Option
     if policy.obs_dim != env.obs_size or policy.act_dim != env.action_size:
         raise ValueError(f"policy: obs_dim/act_dim ({policy.obs_dim}, {policy.act_dim}) do not match the env "
                          f"({env.obs_size}, {env.action_size})")
+    check_policy(policy, env.obs_size, env.action_size, density=density_error is not None)
     return policy
 
 

@@ -93,7 +93,7 @@ def q_targets(policy: Policy, critic_apply: Callable, actor_target: PyTree, crit
     """y = r + γ d Q'(s', π'(s')) for a batch of transitions, shape [B]."""
     a_next = jax.vmap(lambda o: policy.sample(actor_target, o, None))(batch["next_obs"])
     q_next = jax.vmap(critic_apply, in_axes=(None, 0, 0))(critic_target, batch["next_obs"], a_next)
-    return batch["reward"] + gamma * batch["discount"] * q_next
+    return C.one_step_targets(batch["reward"], batch["discount"], gamma, q_next)
 
 
 # --------------------------------------------------------------------------- the agent

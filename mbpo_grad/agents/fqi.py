@@ -104,7 +104,7 @@ def fqi_targets(q: Callable[[jax.Array, jax.Array], jax.Array], batch, starts: j
         return maximize_q(lambda a: q(obs, a), st, steps=steps, step_size=step_size, decay=decay)
 
     a_star, q_star = jax.vmap(one)(batch["next_obs"], starts)
-    return batch["reward"] + gamma * batch["discount"] * q_star, a_star
+    return C.one_step_targets(batch["reward"], batch["discount"], gamma, q_star), a_star
 
 
 # --------------------------------------------------------------------------- agent

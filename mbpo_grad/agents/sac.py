@@ -33,6 +33,7 @@ from mbpo_grad.agents import offpolicy as OP
 from mbpo_grad.objectives import actor_q_objective
 from mbpo_grad.policies.base import Policy, sample_and_log_prob
 from mbpo_grad.policies.gaussian import gaussian
+from mbpo_grad.svg import temperature_loss
 
 PyTree = Any
 
@@ -105,12 +106,10 @@ def soft_targets(policy: Policy, twin: Any, actor_params: PyTree, critic_target:
     nxt = batch["next_obs"]
     a_next, lp = jax.vmap(lambda o, e: sample_and_log_prob(policy, actor_params, o, e))(nxt, eps)
     q_next = jax.vmap(lambda o, a: C.twin_min(twin, critic_target, o, a))(nxt, a_next)
-    return batch["reward"] + gamma * batch["discount"] * (q_next - alpha * lp)
+    return C.one_step_targets(batch["reward"], batch["discount"], gamma, q_next - alpha * lp)
 
 
-def temperature_loss(log_alpha: jax.Array, log_probs: jax.Array, target_entropy: Any) -> jax.Array:
-    """−log α · mean(sg(log π) + H̄)  (Haarnoja et al. 2018b, eq. 18, in log α)."""
-    return -log_alpha * jnp.mean(jax.lax.stop_gradient(log_probs) + target_entropy)
+# temperature_loss: the library's one temperature loss (in log α), re-exported from mbpo_grad.svg.
 
 
 # --------------------------------------------------------------------------- the agent
@@ -183,11 +182,10 @@ def make_algo(config: SACConfig, env, policy: Optional[Policy] = None) -> OP.Off
 
         tr_metrics = {}
         if config.trust_region:
-            kl_eps = jax.random.normal(k_kl, (bs,) + noise_shape)
             old = l.actor
             a_loss = loss(old)
-            ap, tr, info = TR.step(lambda p: -loss(p), lambda p: TR.kl_monte_carlo(policy, old, p, obs, kl_eps),
-                                   old, l.tr)
+            # closed-form KL for the Gaussian, fresh samples (independent of the Fisher's) for flows
+            ap, tr, info = TR.step(lambda p: -loss(p), TR.policy_kl(policy, old, obs, k_kl), old, l.tr)
             a_opt = l.actor_opt
             tr_metrics = {"tr_accepted": info.accepted.astype(jnp.float32), "tr_kl": info.kl,
                           "tr_radius": info.new_radius}

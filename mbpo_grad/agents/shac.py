@@ -68,6 +68,7 @@ from mbpo_grad import normalizer as N
 from mbpo_grad.agents import common
 from mbpo_grad.agents.common import Agent, TimedState
 from mbpo_grad.objectives import batched_unroll, pathwise_returns
+from mbpo_grad.rollout import gate_gradient
 from mbpo_grad.policies.base import Policy
 from mbpo_grad.policies.deterministic import deterministic
 
@@ -209,6 +210,8 @@ def validate(config: SHACConfig, env=None) -> Tuple[Any, int]:
     if env is None:
         simulator = isinstance(config.env, str) and config.env.split(":")[0] in ("brax", "mjx")
         env = _make_env(config.env, **({"x64": True} if config.x64 and simulator else {}))
+    else:
+        env = common.check_user_env(env)
     episode_length = config.episode_length if config.episode_length is not None else env.episode_length
     episode_length = _pos_int(episode_length, "episode_length")
     if isinstance(config.horizon, bool) or not isinstance(config.horizon, (int, np.integer)):
@@ -354,11 +357,15 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
             ret, traj = rets[0], jax.tree_util.tree_map(lambda x: x[0], traj)
             if config.use_critic:
                 # Time-limit truncations inside the window: + γ^k V'(s_k) at the cut (k = 1..n).
-                v_all = jax.vmap(lambda s: value(state.target_params, s))(traj.states)
-                term = jax.vmap(terminal)(traj.states).astype(v_all.dtype)
+                term = jax.vmap(terminal)(traj.states).astype(traj.alive.dtype)
                 cut = traj.alive[:-1] * (1.0 - traj.alive[1:]) * (1.0 - term[1:])
-                disc = gamma ** jnp.arange(1, n + 1, dtype=v_all.dtype)
-                ret = ret + jnp.sum(cut * disc * v_all[1:])
+                # Only the cut state's V is read: the others get stop-gradient inputs and are
+                # selected away (a "double where", as in the engine), so a critic that is
+                # non-finite at a true terminal state cannot reach the gradient as 0 · NaN.
+                cut_states = gate_gradient(cut > 0, jax.tree_util.tree_map(lambda x: x[1:], traj.states))
+                v_cut = jax.vmap(lambda s: value(state.target_params, s))(cut_states)
+                disc = gamma ** jnp.arange(1, n + 1, dtype=v_cut.dtype)
+                ret = ret + jnp.sum(jnp.where(cut > 0, disc * v_cut, 0.0))
             return ret, traj
 
         in_axes = (None, 0, None if policy_noise is None else 1, None if dynamics_noise is None else 1)

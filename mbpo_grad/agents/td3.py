@@ -85,7 +85,7 @@ def td3_targets(policy: Policy, twin: Any, actor_target: PyTree, critic_target: 
     """y = r + γ d min_i Q'_i(s', ã') with the smoothed target actions ã' (``eps`` ~ N(0, I), [B, act_dim])."""
     a_next = smoothed_target_actions(policy, actor_target, batch["next_obs"], eps, target_noise, target_noise_clip)
     q_next = jax.vmap(lambda o, a: C.twin_min(twin, critic_target, o, a))(batch["next_obs"], a_next)
-    return batch["reward"] + gamma * batch["discount"] * q_next
+    return C.one_step_targets(batch["reward"], batch["discount"], gamma, q_next)
 
 
 def first_head(twin_params: PyTree) -> PyTree:

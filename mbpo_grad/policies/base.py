@@ -8,6 +8,12 @@
     a, lp = pol.sample_and_log_prob(params, obs, eps)
                                                the action and its log-density computed FORWARD
                                                from eps (None for a bundle without a density)
+    kl  = pol.kl(params_old, params_new, obs)  optional: KL(π_old(·|obs) ‖ π_new(·|obs)) in closed
+                                               form (None where the family has none, e.g. flows)
+    lr  = pol.log_ratio(params_old, params_new, obs, eps)
+                                               optional: log π_new(a|obs) − log π_old(a|obs) at
+                                               a = sample(params_old, obs, eps), computed without
+                                               inverting the squash (its Jacobian cancels)
 
 Why ``sample_and_log_prob``: a squashed policy's ``log_prob(a)`` must first undo the squash,
 ``u = atanh(a)``. In float32 ``tanh(u)`` rounds to exactly ±1 once |u| ≳ 9, so the inverse
@@ -16,6 +22,10 @@ forward from ε, ``log π = log N(ε) − log|det ∂a/∂ε|`` needs no inverse
 Entropy terms on the policy's own samples (SVG, SAC) therefore use the module function
 ``sample_and_log_prob(pol, params, obs, eps)``, which falls back to ``log_prob(sample(...))``
 for a user bundle that does not provide the field.
+
+``kl`` and ``log_ratio`` serve the KL trust region (``mbpo_grad.trust_region.policy_kl``): the
+closed form where there is one, else a sampled estimate built from ``log_ratio`` (or, for a
+user bundle without either, from two ``log_prob`` calls at the same sampled action).
 
 ``as_engine_policy(pol, observe)`` adapts a bundle to the engine's
 ``policy(params, state, eps)`` form.
@@ -35,6 +45,8 @@ class Policy(NamedTuple):
     act_dim: int
     name: str = "policy"
     sample_and_log_prob: Optional[Callable[[Any, Any, Any], Any]] = None
+    kl: Optional[Callable[[Any, Any, Any], Any]] = None
+    log_ratio: Optional[Callable[[Any, Any, Any, Any], Any]] = None
 
 
 def sample_and_log_prob(pol: Policy, params, obs, eps):

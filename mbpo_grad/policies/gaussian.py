@@ -9,12 +9,20 @@ The SAC / SVG actor (theory §1, §4, §5). Per observation (batch with ``jax.vm
     lp  = pol.log_prob(params, obs, a)        exact, summed over action dimensions
     a, lp = pol.sample_and_log_prob(params, obs, eps)   the same density from u = μ + σ ε
                                               (no atanh: exact where float32 tanh saturates)
+    kl  = pol.kl(params_old, params_new, obs)          closed-form KL(π_old ‖ π_new) at obs
+    lr  = pol.log_ratio(params_old, params_new, obs, eps)   log π_new(a) − log π_old(a) at
+                                              a = sample(params_old, obs, eps), pre-squash
 
 With ``u = atanh(a)``, ``ε = (u − μ)/σ``, the change of variables through the affine map
 and the squash gives
 
     log π(a|s) = Σ_i [ log N(ε_i; 0, 1) − log σ_i − log(1 − tanh²(u_i)) ],
     log(1 − tanh²(u)) = 2 (log 2 − u − softplus(−2u))      (stable for large |u|).
+
+KL: tanh is a bijection shared by both policies, and KL is invariant under a shared
+bijection of the variable, so KL(π_old ‖ π_new) at a state is the closed form between the
+pre-squash diagonal Gaussians (``diag_gaussian_kl``); the same cancellation of the squash
+Jacobian lets ``log_ratio`` work with ``u = μ_old + σ_old ε`` and never take ``atanh``.
 
 Log standard deviation: ``log σ = soft_clip(raw, log_std_min, log_std_max)``, a smooth
 clip (≈ identity inside the interval, never outside it) so gradients never vanish at a
@@ -40,6 +48,17 @@ def _check_int(value, name, minimum=1):
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def diag_gaussian_kl(mu0, log_std0, mu1, log_std1):
+    """KL(N(μ0, diag σ0²) ‖ N(μ1, diag σ1²)), summed over the last axis:
+
+        Σ_i [ log σ1_i − log σ0_i + (σ0_i² + (μ0_i − μ1_i)²) / (2 σ1_i²) − ½ ]
+
+    (written with ``exp(2 (log σ0 − log σ1))`` so that no variance overflows or underflows).
+    """
+    d = log_std0 - log_std1
+    return jnp.sum(-d + 0.5 * (jnp.exp(2.0 * d) + jnp.square((mu0 - mu1) * jnp.exp(-log_std1))) - 0.5, axis=-1)
 
 
 def gaussian(obs_dim: int, act_dim: int, hidden: Sequence[int] = (64, 64), log_std_min: float = -5.0,
@@ -107,9 +126,21 @@ def gaussian(obs_dim: int, act_dim: int, hidden: Sequence[int] = (64, 64), log_s
         u = mu + jnp.exp(log_std) * eps
         return jnp.tanh(u), standard_normal_log_prob(eps) - jnp.sum(log_std) - jnp.sum(log1m_tanh_sq(u))
 
+    def kl(params_old, params_new, obs):
+        obs = check_vector(obs, obs_dim, "obs")
+        return diag_gaussian_kl(*mean_and_log_std(params_old, obs), *mean_and_log_std(params_new, obs))
+
+    def log_ratio(params_old, params_new, obs, eps):
+        obs = check_vector(obs, obs_dim, "obs")
+        eps = check_vector(eps, act_dim, "eps")
+        mu0, log_std0 = mean_and_log_std(params_old, obs)
+        mu1, log_std1 = mean_and_log_std(params_new, obs)
+        eps1 = (mu0 + jnp.exp(log_std0) * eps - mu1) * jnp.exp(-log_std1)
+        return (standard_normal_log_prob(eps1) - jnp.sum(log_std1)) - (standard_normal_log_prob(eps) - jnp.sum(log_std0))
+
     pol = Policy(init, sample, infer_noise, log_prob, (act_dim,), obs_dim, act_dim, "gaussian",
-                 sample_and_log_prob)
+                 sample_and_log_prob, kl, log_ratio)
     return pol
 
 
-__all__ = ["gaussian"]
+__all__ = ["gaussian", "diag_gaussian_kl"]
