@@ -93,8 +93,7 @@ def make_env(name: str):
     if name == "cartpole_scan_substeps":
         return _cartpole_scan_substeps()
     if name == "brax_inverted_pendulum":
-        smooth = mg.transition_reward(lambda s, a, s2: jnp.cos(s2.obs[1]) - 0.01 * jnp.sum(jnp.square(a)))
-        return envs.make("brax:inverted_pendulum", backend="generalized", reward=smooth)
+        return envs.make("brax:inverted_pendulum_smooth", backend="generalized")  # cos θ' − 0.01‖a‖²
     if name == "brax_halfcheetah":
         return envs.make("brax:halfcheetah", backend="positional")
     if name == "mjx_inverted_pendulum":

@@ -1,7 +1,11 @@
-"""A MuJoCo XML model stepped with ``mujoco.mjx``, in the engine's form (``envs.base.Env``).
+"""A MuJoCo model stepped with ``mujoco.mjx``, in the engine's form (``envs.base.Env``).
 
     env = envs.make("mjx:inverted_pendulum", x64=True)       # builtin cart-pole
     env = envs.make("mjx:/path/to/model.xml", reward=my_reward)
+    env = envs.from_mjx(mujoco.MjModel.from_xml_string(xml), reward=my_reward)
+
+``from_mjx(mj_model, reward=...)`` takes a ``mujoco.MjModel`` you built; ``make``
+loads the builtin or the XML file and calls it (one code path).
 
 The state is an ``mjx.Data``. Per state:
 
@@ -34,6 +38,7 @@ batch), so float64 is recommended for MJX gradients.
 """
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any, Callable, Optional
 
@@ -82,10 +87,11 @@ def _check_int(value: Any, name: str, minimum: int, allow_none: bool = False) ->
     return int(value)
 
 
-def make(
-    model: str = "inverted_pendulum",
+def from_mjx(
+    mj_model: Any,
+    *,
+    reward: Callable[..., Any],
     episode_length: int = 1000,
-    reward: Optional[Callable[..., Any]] = None,
     observe: Optional[Callable[[Any], Any]] = None,
     done: Optional[Callable[[Any], Any]] = None,
     x64: bool = False,
@@ -93,60 +99,66 @@ def make(
     ls_iterations: Optional[int] = None,
     frame_skip: int = 2,
     reset_noise_scale: float = 0.01,
+    name: Optional[str] = None,
 ) -> Env:
-    """Build an ``Env`` from a MuJoCo XML model stepped with MJX.
+    """Build an ``Env`` from a ``mujoco.MjModel`` you built, stepped with MJX.
+
+        m = mujoco.MjModel.from_xml_string(xml)
+        env = envs.from_mjx(m, reward=mg.transition_reward(lambda d, a, d1: -d1.qpos[0] ** 2))
 
     Args:
-      model: a builtin name (``inverted_pendulum``) or a path to a MuJoCo XML file.
+      mj_model: a ``mujoco.MjModel`` with at least one actuator. It is not modified:
+        the solver settings go on a copy (``info["mj_model"]``).
+      reward: ``reward(data, action)`` or ``mg.transition_reward(fn(data, action, next_data))``
+        on ``mjx.Data`` (required: a model carries no reward).
       episode_length: the time limit.
-      reward: ``reward(data, action)`` or ``mg.transition_reward(fn(data, action, next_data))``;
-        required for a custom XML (the builtin has the smooth upright reward).
       observe: ``observe(data) -> vector``; default concat(qpos, qvel).
       done: optional ``done(data) -> bool`` (episode termination).
       x64: float64 model and data (requires ``jax_enable_x64``); else float32.
       solver_iterations: constraint-solver iterations; 1 (default) is needed for
-        reverse-mode gradients; None keeps the XML's value.
-      ls_iterations: line-search iterations; None keeps the XML's value.
+        reverse-mode gradients; None keeps the model's value.
+      ls_iterations: line-search iterations; None keeps the model's value.
       frame_skip: ``mjx.step`` calls per environment step (dt = frame_skip · timestep).
       reset_noise_scale: half-width c of the uniform start noise on qpos and qvel.
+      name: the ``Env.name``; default ``mjx:model``.
 
     Returns:
       an ``envs.base.Env`` on ``mjx.Data`` states; ``info`` holds ``mj_model``,
       ``mjx_model``, ``dtype``, ``dt``, ``ctrl_low`` and ``ctrl_high``.
 
     Raises:
-      ValueError naming the argument for an unknown model or missing file, a bad
-      integer setting, a custom model without ``reward``, or ``x64=True`` without
-      ``jax_enable_x64``; TypeError for non-callable ``reward``/``observe``/``done``.
+      TypeError for something that is not a ``mujoco.MjModel`` and for non-callable
+      ``reward``/``observe``/``done``; ValueError naming the argument for a missing
+      ``reward``, a model without actuators, a bad integer setting, or ``x64=True``
+      without ``jax_enable_x64``.
     """
     import mujoco
     from mujoco import mjx
 
-    name, path = _resolve_model(model)
+    if not isinstance(mj_model, mujoco.MjModel):
+        raise TypeError(f"mj_model must be a mujoco.MjModel (e.g. mujoco.MjModel.from_xml_string(xml)), got "
+                        f"{type(mj_model).__name__}; for a path or builtin name use envs.make('mjx:<model>')")
     episode_length = _check_int(episode_length, "episode_length", 1)
     solver_iterations = _check_int(solver_iterations, "solver_iterations", 1, allow_none=True)
     ls_iterations = _check_int(ls_iterations, "ls_iterations", 1, allow_none=True)
     frame_skip = _check_int(frame_skip, "frame_skip", 1)
     if not np.isscalar(reset_noise_scale) or not np.isfinite(reset_noise_scale) or reset_noise_scale < 0:
         raise ValueError(f"reset_noise_scale must be a finite float >= 0, got {reset_noise_scale!r}")
+    if reward is None:
+        raise ValueError("reward: an MJX model needs a reward, e.g. "
+                         "mg.transition_reward(lambda d, a, d_next: ...) on mjx.Data")
     for arg, argname in ((reward, "reward"), (observe, "observe"), (done, "done")):
         if arg is not None and not callable(arg):
             raise TypeError(f"{argname} must be callable or None, got {arg!r}")
-    if reward is None:
-        if name != "inverted_pendulum" or path != BUILTINS["inverted_pendulum"]:
-            raise ValueError(
-                f"reward: a custom MJX model ({path}) needs a reward, e.g. "
-                "mg.transition_reward(lambda d, a, d_next: ...) on mjx.Data"
-            )
-        reward = _upright_reward()
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be a str or None, got {type(name).__name__}")
+    if mj_model.nu == 0:
+        raise ValueError(f"mj_model: {name or 'the model'} has no actuators; nothing for a policy to control")
     if x64:
         require_x64("x64")
     dtype = jnp.dtype("float64" if x64 else "float32")
 
-    try:
-        mj_model = mujoco.MjModel.from_xml_path(path)
-    except ValueError as err:  # MuJoCo's XML parse / compile errors
-        raise ValueError(f"model: could not load MuJoCo XML {path!r}: {err}") from err
+    mj_model = copy.deepcopy(mj_model)  # the user's model keeps its own solver settings
     if solver_iterations is not None:
         mj_model.opt.iterations = solver_iterations
     if ls_iterations is not None:
@@ -159,8 +171,6 @@ def make(
     low = np.where(limited, ctrl_range[:, 0], -1.0)
     high = np.where(limited, ctrl_range[:, 1], 1.0)  # unlimited: ctrl = a
     nq, nv, nu = mj_model.nq, mj_model.nv, mj_model.nu
-    if nu == 0:
-        raise ValueError(f"model: {path!r} has no actuators; nothing for a policy to control")
     qpos0 = np.asarray(mj_model.qpos0)
     noise = float(reset_noise_scale)
 
@@ -199,10 +209,10 @@ def make(
         "dt": float(mj_model.opt.timestep) * frame_skip,
         "ctrl_low": low,
         "ctrl_high": high,
-        "path": path,
+        "path": None,
     }
     return Env(
-        name=f"mjx:{name}",
+        name=name if name is not None else "mjx:model",
         obs_size=int(obs_shape.shape[0]),
         action_size=int(nu),
         episode_length=episode_length,
@@ -216,4 +226,54 @@ def make(
     )
 
 
-__all__ = ["make", "BUILTINS", "ASSETS"]
+def make(
+    model: str = "inverted_pendulum",
+    episode_length: int = 1000,
+    reward: Optional[Callable[..., Any]] = None,
+    observe: Optional[Callable[[Any], Any]] = None,
+    done: Optional[Callable[[Any], Any]] = None,
+    x64: bool = False,
+    solver_iterations: Optional[int] = 1,
+    ls_iterations: Optional[int] = None,
+    frame_skip: int = 2,
+    reset_noise_scale: float = 0.01,
+) -> Env:
+    """``from_mjx(mujoco.MjModel.from_xml_path(path), ...)`` for a builtin name or an XML path.
+
+    Args:
+      model: a builtin name (``inverted_pendulum``) or a path to a MuJoCo XML file.
+      reward: as in ``from_mjx``; optional for the builtin, which defaults to the smooth
+        upright reward; required for a custom XML.
+      episode_length, observe, done, x64, solver_iterations, ls_iterations, frame_skip,
+      reset_noise_scale: as in ``from_mjx``.
+
+    Returns:
+      ``from_mjx``'s ``Env``, named ``mjx:<model name>``; ``info["path"]`` is the XML file.
+
+    Raises:
+      ValueError naming the argument for an unknown model or missing file, an XML that
+      does not load, a custom model without ``reward``, and what ``from_mjx`` rejects;
+      TypeError for a model that is neither a name nor a path.
+    """
+    import mujoco
+
+    name, path = _resolve_model(model)
+    if reward is None:
+        if name != "inverted_pendulum" or path != BUILTINS["inverted_pendulum"]:
+            raise ValueError(
+                f"reward: a custom MJX model ({path}) needs a reward, e.g. "
+                "mg.transition_reward(lambda d, a, d_next: ...) on mjx.Data"
+            )
+        reward = _upright_reward()
+    try:
+        mj_model = mujoco.MjModel.from_xml_path(path)
+    except ValueError as err:  # MuJoCo's XML parse / compile errors
+        raise ValueError(f"model: could not load MuJoCo XML {path!r}: {err}") from err
+    env = from_mjx(mj_model, reward=reward, episode_length=episode_length, observe=observe, done=done, x64=x64,
+                   solver_iterations=solver_iterations, ls_iterations=ls_iterations, frame_skip=frame_skip,
+                   reset_noise_scale=reset_noise_scale, name=f"mjx:{name}")
+    env.info["path"] = path
+    return env
+
+
+__all__ = ["make", "from_mjx", "BUILTINS", "ASSETS"]

@@ -178,19 +178,10 @@ def make_env(name: str, episode_length: int, lqr: Optional[Dict[str, float]] = N
         p = dict(LQR_DEFAULT, **(lqr or {}))
         A, B, Q, R = lqr_matrices(p["rho"], p["theta"], p["r_weight"])
         return envs.make("lqr", A=A, B=B, Q=Q, R=R, episode_length=episode_length, noise_scale=p["noise"])
-    if name.startswith("brax:"):
-        import jax.numpy as jnp
-
-        brax_name = name.split(":", 1)[1]
-        kw: Dict[str, Any] = {}
-        if brax_name == "inverted_pendulum":
-            # Brax pays a constant +1 while alive: its pathwise gradient is zero. A smooth
-            # reward of the next state (pole angle obs[1], cart position obs[0]) instead.
-            from mbpo_grad.rollout import transition_reward
-
-            kw["reward"] = transition_reward(
-                lambda s, a, s1: 1.0 - s1.obs[1] ** 2 - 0.01 * s1.obs[0] ** 2 - 0.001 * jnp.sum(a ** 2))
-        return envs.make(name, episode_length=episode_length, **kw)
+    if name == "brax:inverted_pendulum":
+        # Brax pays a constant +1 while alive: its pathwise gradient is zero. The registered
+        # smooth variant instead (reward cos(pole angle') - 0.01 |a|^2).
+        return envs.make("brax:inverted_pendulum_smooth", episode_length=episode_length)
     return envs.make(name, episode_length=episode_length)
 
 

@@ -30,21 +30,23 @@ Exit status: 0 on success; 2 for bad command-line input (one line on stderr, no 
 1 when training stopped because the skip rate stayed too high (one line on stderr; the run
 folder keeps ``config.json``, the metrics so far and ``summary.json`` with the message).
 
-Run folder (``--out DIR``, default ``runs/train-<timestamp>/``): ``config.json`` (the agent's
-configuration, CLI arguments, versions; written before training starts), ``metrics.csv`` (long
-format: run, n, seed, step = iteration, metric, value; per-iteration training metrics and the
-evaluations), ``summary.json`` (final return, env steps, wall time) and ``ckpt/``.
+Run folder (``--out DIR``, default ``runs/train-<timestamp>/``; ``mbpo_grad.runs``): ``config.json``
+(the agent's configuration, CLI arguments, versions; written before training starts),
+``metrics.csv`` (long format: run, n, seed, step = iteration, metric, value; per-iteration
+training metrics and the evaluations, rewritten after every block), ``tensorboard/`` (event
+files; ``--no-tensorboard`` skips them), ``policy/`` (the final policy:
+``mg.load_policy(RUN_DIR)``, ``python -m experiments.evaluate RUN_DIR``),
+``learning_curve.png``, ``summary.json`` (status, final return, env steps, wall time) and
+``ckpt/``.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from typing import Optional, Sequence
 
 import jax
-import numpy as np
 
 from experiments import rundir
 
@@ -52,11 +54,7 @@ ENVS = ("cartpole", "pendulum")
 SIMULATOR_PREFIXES = ("brax:", "mjx:")
 GUARDS = ("per_env", "batch")
 # Flags that --resume does not take from config.json.
-_RUN_CONTROL = ("resume", "quiet")
-METRICS = ("env_steps", "episode_return", "window_return", "reward_per_step", "actor_loss", "critic_loss",
-           "grad_norm", "max_env_grad_norm", "skipped_updates", "total_skipped", "masked_envs", "reset_envs",
-           "critic_skipped")
-
+_RUN_CONTROL = ("resume", "quiet", "no_tensorboard")
 
 def build_parser() -> rundir.CliParser:
     from mbpo_grad.agents import shac
@@ -93,6 +91,7 @@ def build_parser() -> rundir.CliParser:
                    help="continue the run in RUN_DIR from its newest checkpoint (settings from its config.json)")
     p.add_argument("--out", default=None, help="run folder (default runs/train-<timestamp>)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard event files")
     return p
 
 
@@ -114,7 +113,7 @@ def resume_args(args, parser: rundir.CliParser):
     for k, v in saved.items():
         if k in merged and k not in _RUN_CONTROL:
             merged[k] = v
-    merged.update(resume=run_dir, quiet=args.quiet, out=run_dir)
+    merged.update(resume=run_dir, quiet=args.quiet, no_tensorboard=args.no_tensorboard, out=run_dir)
     return argparse.Namespace(**merged)
 
 
@@ -169,39 +168,6 @@ def make_env(cfg, args):
     return inject_faults(env, rate=args.fault_rate) if args.fault_rate > 0 else env
 
 
-def write_config(out_dir: str, cfg, args, seed: int) -> None:
-    rundir.write_json(f"{out_dir}/config.json", {
-        "script": "experiments.train", "agent": "shac" if cfg.use_critic else "bpo",
-        "config": dataclasses.asdict(cfg),
-        "args": {k: v for k, v in vars(args).items() if k not in _RUN_CONTROL}, "seed": seed,
-        "environment": rundir.environment_info(),
-    })
-
-
-def write_metrics(out_dir: str, cfg, metrics, seed: int) -> None:
-    """``metrics.csv``: every per-iteration metric, then the evaluations (a deterministic order)."""
-    table = rundir.MetricsTable()
-    run = "shac" if cfg.use_critic else "bpo"
-    its = np.arange(1, len(metrics["env_steps"]) + 1)
-    for name in METRICS:
-        if name in metrics:
-            table.add_array(run, cfg.horizon, [seed], its, name, np.asarray(metrics[name])[None])
-    if "eval_return" in metrics:
-        table.add_array(run, cfg.horizon, [seed], metrics["eval_iteration"], "eval_return",
-                        metrics["eval_return"][None])
-    table.write(f"{out_dir}/metrics.csv")
-
-
-def write_run(out_dir: str, cfg, args, metrics, seed: int) -> None:
-    write_config(out_dir, cfg, args, seed)
-    write_metrics(out_dir, cfg, metrics, seed)
-    rundir.write_json(f"{out_dir}/summary.json", {
-        "final_eval_return": float(metrics["eval_return"][-1]),
-        "env_steps": int(metrics["env_steps"][-1]),
-        "wall_s": float(metrics["wall_s"]),
-    })
-
-
 def main(argv: Optional[Sequence[str]] = None) -> float:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -219,20 +185,18 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
     except (ValueError, OSError) as err:
         parser.fail(f"--out: {err}")
     env = make_env(cfg, args)
-    ckpt_dir = os.path.join(out_dir, "ckpt") if (args.checkpoint_every or args.resume) else None
-    if args.resume is None:
-        write_config(out_dir, cfg, args, args.seed)
     mode = "SHAC" if cfg.use_critic else ("BPO" if cfg.horizon == episode_length else "no-critic")
-    resuming = "" if args.resume is None else f", resuming from {ckpt_dir}"
+    resuming = "" if args.resume is None else f", resuming from {os.path.join(out_dir, 'ckpt')}"
     print(f"{mode} on {env.name}: n={cfg.horizon}, num_envs={cfg.num_envs}, iterations={cfg.iterations}, "
-          f"seed={args.seed}{', float64' if cfg.x64 else ''}{resuming} (compiling ...)", flush=True)
+          f"seed={args.seed}{', float64' if cfg.x64 else ''}{resuming}", flush=True)
+    info = {"script": "experiments.train", "seed": args.seed,
+            "args": {k: v for k, v in vars(args).items() if k not in _RUN_CONTROL}}
+    custom_env = env if args.fault_rate > 0 else None   # a wrapped env is not rebuilt from its name
     try:
-        _, metrics = shac.train(cfg, jax.random.key(args.seed), env=env, progress=not args.quiet,
-                                checkpoint_dir=ckpt_dir, checkpoint_every=args.checkpoint_every,
-                                resume=args.resume is not None)
+        _, metrics = shac.run(cfg, jax.random.key(args.seed), env=custom_env, progress=not args.quiet,
+                              run_dir=out_dir, checkpoint_every=args.checkpoint_every,
+                              resume=args.resume is not None, tensorboard=not args.no_tensorboard, info=info)
     except guards.SkipRateExceeded as err:
-        write_metrics(out_dir, cfg, err.metrics, args.seed)
-        rundir.write_json(f"{out_dir}/summary.json", {"stopped_at_iteration": int(err.iteration), "error": str(err)})
         print(f"{parser.prog}: error: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
         raise SystemExit(1)
     except ValueError as err:  # e.g. a checkpoint written under other settings
@@ -240,7 +204,6 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
             raise
         parser.fail(f"--resume: {err}")
     final = float(metrics["eval_return"][-1])
-    write_run(out_dir, cfg, args, metrics, args.seed)
     print(f"final evaluation return: {final:.2f}  (deterministic policy, {cfg.eval_envs} fresh episodes; "
           f"{int(metrics['env_steps'][-1])} env steps, {metrics['wall_s']:.1f}s)", flush=True)
     print(f"run folder: {out_dir}", flush=True)

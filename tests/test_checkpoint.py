@@ -1,4 +1,5 @@
-"""Atomic checkpoints: exact round trips, config guard, keep-last-k, and a writer killed mid-save."""
+"""Atomic checkpoints (Orbax): exact round trips, config guard, keep-last-k, a writer killed mid-save,
+the former .npz format still read, and single-snapshot pytrees (saved policies)."""
 import os
 import signal
 import subprocess
@@ -147,11 +148,17 @@ def test_keep_last_k_and_overwrite(tmp_path):
 
 
 def test_corruption_is_detected(tmp_path):
-    path = ckpt.save(tmp_path, 3, {"w": jnp.arange(1000.0)}, config={})
-    with open(os.path.join(path, "arrays.npz"), "r+b") as f:
-        f.seek(-40, os.SEEK_END)
+    """Orbax keeps no checksum of array data; the per-leaf SHA-256 in meta catches an overwrite."""
+    w = jnp.asarray(np.random.default_rng(0).normal(size=20000), jnp.float32)
+    path = ckpt.save(tmp_path, 3, {"w": w, "b": jnp.ones(3)}, config={})
+    data = [os.path.join(r, n) for r, _, names in os.walk(os.path.join(path, "state")) for n in names
+            if os.path.basename(r) == "d"]  # OCDBT data files
+    biggest = max(data, key=os.path.getsize)
+    size = os.path.getsize(biggest)
+    with open(biggest, "r+b") as f:
+        f.seek(size // 2)
         f.write(b"\x00" * 8)
-    with pytest.raises(ValueError, match="corrupted"):
+    with pytest.raises(ValueError, match=r"corrupted: leaf \['w'\]"):
         ckpt.restore(tmp_path, config={})
 
 
@@ -216,7 +223,7 @@ def _wait_for_saves(proc, count):
 
 
 def _tmp_dirs(directory):
-    return [n for n in os.listdir(directory) if n.startswith(".tmp-")]
+    return ckpt.temporary_dirs(directory)
 
 
 def test_kill_during_write_leaves_last_complete_checkpoint(tmp_path):
@@ -247,7 +254,7 @@ def test_kill_during_write_leaves_last_complete_checkpoint(tmp_path):
         if leftover:
             landed_mid_write = True
             # The killed save was the one after the newest complete checkpoint.
-            assert any(t.startswith(f".tmp-step_{step + 1:010d}-") for t in leftover), (leftover, step)
+            assert any(t.startswith(f"step_{step + 1:010d}.") for t in leftover), (leftover, step)
             break
         start = step + 1
     assert landed_mid_write, "the kill never landed during a write"
@@ -271,4 +278,130 @@ def test_kill_during_write_leaves_last_complete_checkpoint(tmp_path):
     ckpt.save(directory, step, {"params": {"w": np.zeros(1), "b": np.zeros(1)}, "step": step},
               config={"run": "kill-test"}, keep=2)
     assert _tmp_dirs(directory) == []
-    assert not [n for n in os.listdir(directory) if n.startswith(".trash-")]
+    assert sorted(os.listdir(directory)) == [f"step_{s:010d}" for s in ckpt.all_steps(directory)]  # no .trash
+
+
+def test_edge_leaves_zero_size_rbg_key_and_no_arrays(tmp_path):
+    state = {"empty": jnp.zeros((0, 3)), "np_empty": np.zeros((2, 0), np.int16),
+             "rbg": jax.random.key(5, impl="rbg"), "keys": jax.random.split(jax.random.key(1), 3),
+             "nan": float("nan"), "big": 2 ** 70, "neg0": -0.0}
+    ckpt.save(tmp_path / "a", 0, state, config={})
+    _, restored = ckpt.restore(tmp_path / "a", config={}, target=state)
+    assert restored["nan"] != restored["nan"] and restored["big"] == 2 ** 70
+    assert np.copysign(1.0, restored["neg0"]) == -1.0
+    assert jax.random.key_impl(restored["rbg"]) == jax.random.key_impl(state["rbg"])
+    for k in ("empty", "np_empty", "rbg", "keys"):
+        _assert_identical(state[k], restored[k])
+    ckpt.save(tmp_path / "b", 2, {"step": 2, "done": False}, config={})  # no array at all
+    assert ckpt.restore(tmp_path / "b", config={}) == (2, {"step": 2, "done": False})
+
+
+def _write_format1(folder, state, config):
+    """A checkpoint as mbpo_grad wrote it before Orbax (arrays.npz + meta.json, format 1)."""
+    import hashlib
+    import json
+    os.makedirs(folder)
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(state)
+    arrays, leaves = {}, []
+    for i, (p, x) in enumerate(with_path):
+        path = jax.tree_util.keystr(p)
+        if isinstance(x, int):
+            arrays[f"leaf_{i}"], m = np.asarray(x, np.int64), {"kind": "int"}
+        elif jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = np.asarray(jax.random.key_data(x))
+            arrays[f"leaf_{i}"] = data
+            m = {"kind": "key", "impl": str(jax.random.key_impl(x)), "dtype": str(data.dtype), "shape": list(x.shape)}
+        else:
+            arrays[f"leaf_{i}"] = np.asarray(x)
+            m = {"kind": "jax" if isinstance(x, jax.Array) else "numpy", "dtype": str(x.dtype), "shape": list(x.shape)}
+        leaves.append({"path": path, **m})
+    np.savez(os.path.join(folder, "arrays.npz"), **arrays)
+    digest = hashlib.sha256(open(os.path.join(folder, "arrays.npz"), "rb").read()).hexdigest()
+    meta = {"format_version": 1, "step": int(os.path.basename(folder)[5:]), "config": config,
+            "treedef": str(treedef), "leaves": leaves, "sha256": {"arrays.npz": digest}}
+    with open(os.path.join(folder, "meta.json"), "w") as f:
+        json.dump(meta, f)
+
+
+def test_former_npz_checkpoints_are_still_read(tmp_path):
+    state = {"w": jnp.arange(4.0), "opt": optax.ScaleByAdamState(jnp.asarray(3, jnp.int32), jnp.ones(2), jnp.zeros(2)),
+             "key": jax.random.key(9), "host": np.arange(3, dtype=np.int64), "step": 7}
+    _write_format1(str(tmp_path / "step_0000000007"), state, CONFIG)
+    assert ckpt.all_steps(tmp_path) == [7]
+    step, restored = ckpt.restore(tmp_path, config=CONFIG, target=state)
+    assert step == 7
+    _assert_identical(state, restored)
+    with pytest.raises(ValueError, match="config.*lr"):
+        ckpt.restore(tmp_path, config={**CONFIG, "lr": 1.0})
+    # A run resumed from it goes on with Orbax checkpoints; keep prunes the old folder too.
+    ckpt.save(tmp_path, 8, state, config=CONFIG, keep=1)
+    assert ckpt.all_steps(tmp_path) == [8] and os.path.isdir(tmp_path / "step_0000000008" / "state")
+
+
+def test_pytree_snapshot_round_trip_dtypes_and_metadata(tmp_path):
+    """save_pytree/load_pytree: a policy's parameters + observation normaliser, one atomic folder."""
+    with jax.enable_x64(True):
+        tree = {"params": jax.jit(mlp(3, 2, hidden=(8,)).init)(jax.random.PRNGKey(0)),
+                "obs_norm": {"mean": jnp.linspace(-1.0, 1.0, 3, dtype=jnp.float64),
+                             "var": np.full(3, 2.0, np.float64), "count": jnp.asarray(11, jnp.int32)}}
+    meta = {"agent": "shac", "obs_size": 3, "act_size": 2, "hidden": (8,), "return": 12.5}
+    path = ckpt.save_pytree(tmp_path / "policy", tree, metadata=meta)
+    assert os.path.isdir(path) and not ckpt.temporary_dirs(tmp_path)
+    loaded, got_meta = ckpt.load_pytree(path)  # no target: plain NumPy arrays, saved dtypes (x64 off here)
+    assert got_meta == {**meta, "hidden": [8]}
+    flat, _ = jax.tree_util.tree_flatten(tree)
+    flat_loaded, _ = jax.tree_util.tree_flatten(loaded)
+    assert all(type(x) is np.ndarray for x in flat_loaded)
+    assert loaded["obs_norm"]["mean"].dtype == np.float64 and loaded["params"]["Dense_0"]["kernel"].dtype == np.float32
+    for x, y in zip(flat, flat_loaded):
+        assert np.asarray(x).dtype == y.dtype and np.asarray(x).tobytes() == y.tobytes()
+    with jax.enable_x64(True):  # with a target: its structure and leaf types
+        back, _ = ckpt.load_pytree(path, target=jax.eval_shape(lambda: tree))
+        assert isinstance(back["obs_norm"]["mean"], jax.Array) and back["obs_norm"]["mean"].dtype == jnp.float64
+        _assert_identical(jax.tree_util.tree_map(jnp.asarray, tree), back)
+    with pytest.raises(FileExistsError, match="path"):
+        ckpt.save_pytree(path, tree, metadata={}, overwrite=False)
+    ckpt.save_pytree(path, {"w": np.zeros(2, np.float32)}, metadata={"v": 2})  # replaced (renames)
+    assert ckpt.load_pytree(path)[1] == {"v": 2} and sorted(os.listdir(tmp_path)) == ["policy"]
+    with pytest.raises(TypeError, match="metadata"):
+        ckpt.save_pytree(tmp_path / "p2", tree, metadata={"f": object()})
+    with pytest.raises(FileNotFoundError, match="path"):
+        ckpt.load_pytree(tmp_path / "nothing")
+
+
+_SHARDED = textwrap.dedent(
+    """
+    import sys
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from mbpo_grad import checkpoint as ckpt
+
+    assert len(jax.devices()) == 4
+    mesh = Mesh(np.array(jax.devices()), ("d",))
+    rows = NamedSharding(mesh, P("d"))
+    state = {"w": jax.device_put(jnp.arange(32.0).reshape(8, 4), rows),
+             "keys": jax.device_put(jax.random.split(jax.random.key(0), 8), rows)}
+    ckpt.save(sys.argv[1], 1, state, config={})
+    # Restore into another layout: columns over a 2x2 mesh, keys replicated.
+    mesh2 = Mesh(np.array(jax.devices()).reshape(2, 2), ("a", "b"))
+    target = {"w": jax.ShapeDtypeStruct((8, 4), jnp.float32, sharding=NamedSharding(mesh2, P(None, ("a", "b")))),
+              "keys": jax.ShapeDtypeStruct((8,), state["keys"].dtype, sharding=NamedSharding(mesh2, P()))}
+    _, got = ckpt.restore(sys.argv[1], config={}, target=target)
+    for k in ("w", "keys"):
+        assert got[k].sharding.is_equivalent_to(target[k].sharding, got[k].ndim), (k, got[k].sharding)
+    assert np.array_equal(got["w"], state["w"])
+    assert np.array_equal(jax.random.key_data(got["keys"]), jax.random.key_data(state["keys"]))
+    print("ok")
+    """
+)
+
+
+def test_sharded_state_restores_into_the_target_sharding(tmp_path):
+    """Four CPU devices: an array and PRNG keys sharded by rows come back laid out as the target asks."""
+    script = tmp_path / "sharded.py"
+    script.write_text(_SHARDED)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, str(script), str(tmp_path / "ckpt")], capture_output=True, text=True,
+                         env=env, cwd=REPO, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-3000:]

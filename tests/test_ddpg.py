@@ -91,7 +91,7 @@ def test_bad_hparams_and_config():
 def test_ddpg_learns_pendulum_swing_up():
     """Threshold −400 (random ≈ −1200, swing-up ≈ −150) after 10 000 env steps, seed 0."""
     cfg = ddpg.DDPGConfig(**LEARN)
-    state, m = ddpg.train(cfg, jax.random.key(0), progress=False)
+    state, m = ddpg.run(cfg, jax.random.key(0), progress=False)
     assert m["eval_env_steps"][-1] == 10_000
     assert m["eval_return"][-1] >= -400, m["eval_return"]
 

@@ -114,7 +114,7 @@ def test_bad_config():
 def test_fqi_learns_pendulum_swing_up():
     """Embedded optimisation: threshold −400 (random ≈ −1200, swing-up ≈ −150) after 12 000 env steps, seed 0."""
     cfg = fqi.FQIConfig(**LEARN)
-    state, m = fqi.train(cfg, jax.random.key(0), progress=False)
+    state, m = fqi.run(cfg, jax.random.key(0), progress=False)
     assert m["eval_env_steps"][-1] == 12_000
     assert m["eval_return"][-1] >= -400, m["eval_return"]
 
@@ -123,7 +123,7 @@ def test_fqi_learns_pendulum_swing_up():
 def test_amortised_fqi_learns_pendulum_swing_up():
     """Amortised: threshold −400 after 12 000 env steps, seed 0."""
     cfg = fqi.FQIConfig(**LEARN, amortized=True, inner_starts=2, inner_steps=4, policy_steps=8)
-    state, m = fqi.train(cfg, jax.random.key(0), progress=False)
+    state, m = fqi.run(cfg, jax.random.key(0), progress=False)
     assert m["eval_env_steps"][-1] == 12_000
     assert m["eval_return"][-1] >= -400, m["eval_return"]
 

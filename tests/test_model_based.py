@@ -163,7 +163,7 @@ def test_model_based_learns_pendulum_swing_up_from_few_real_steps():
     2 000 steps; the model-free agents need ≥ 10 000 (SAC test) or ≈ 50 000 (SHAC on the true
     simulator, experiments/model_based_vs_model_free.py)."""
     cfg = MB.ModelBasedConfig(**LEARN)
-    state, m = MB.train(cfg, jax.random.key(0), progress=False)
+    state, m = MB.run(cfg, jax.random.key(0), progress=False)
     assert m["eval_env_steps"][-1] == 2_500
     assert m["eval_return"][-1] >= -400, m["eval_return"]
 

@@ -88,6 +88,6 @@ def test_nfqca_learns_pendulum_swing_up():
     cfg = nfqca.NFQCAConfig(env="pendulum", num_envs=8, iterations=625, steps_per_iteration=2, q_iterations=1,
                             q_steps=16, actor_steps=16, batch_size=128, warmup_steps=800, eval_every=625,
                             eval_envs=32)
-    state, m = nfqca.train(cfg, jax.random.key(0), progress=False)
+    state, m = nfqca.run(cfg, jax.random.key(0), progress=False)
     assert m["eval_env_steps"][-1] == 10_000
     assert m["eval_return"][-1] >= -400, m["eval_return"]

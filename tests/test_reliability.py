@@ -178,7 +178,7 @@ def test_x64_runs_in_float64_end_to_end():
         with pytest.raises(ValueError, match="x64.*jax_enable_x64"):
             shac.validate(cfg)
     with jax.enable_x64(True):
-        state, m = shac.train(cfg, jax.random.key(0), progress=False)
+        state, m = shac.run(cfg, jax.random.key(0), progress=False)
         leaves = jax.tree_util.tree_leaves((state.policy_params, state.critic_params, state.obs_stats,
                                             state.env_state.env_state, state.ep_return))
         assert leaves and all(x.dtype == jnp.float64 for x in leaves)

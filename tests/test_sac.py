@@ -187,7 +187,7 @@ def test_bad_policy_and_hparams():
 def test_sac_learns_pendulum_swing_up():
     """Threshold −400 (random ≈ −1200, swing-up ≈ −150) after 10 000 env steps, seed 0."""
     cfg = sac.SACConfig(**LEARN)
-    state, m = sac.train(cfg, jax.random.key(0), progress=False)
+    state, m = sac.run(cfg, jax.random.key(0), progress=False)
     assert m["eval_env_steps"][-1] == 10_000
     assert m["eval_return"][-1] >= -400, m["eval_return"]
 

@@ -196,7 +196,7 @@ def test_actor_warmup_trains_only_the_critic_first():
 
 @pytest.fixture(scope="module")
 def tiny_run():
-    state, metrics = shac.train(TINY, jax.random.key(3), progress=False)
+    state, metrics = shac.run(TINY, jax.random.key(3), progress=False)
     return state, metrics
 
 
@@ -255,7 +255,7 @@ def test_a_stochastic_policy_bundle_trains():
 
     cfg = TINY.replace(iterations=2, eval_every=2)
     pol = gaussian(3, 1, (8,))
-    state, m = shac.train(cfg, jax.random.key(0), policy=pol, progress=False)
+    state, m = shac.run(cfg, jax.random.key(0), policy=pol, progress=False)
     assert np.all(np.isfinite(m["actor_loss"])) and np.all(np.isfinite(m["eval_return"]))
     with pytest.raises(ValueError, match="policy"):
         shac.make_agent(cfg, policy=gaussian(4, 1, (8,)))

@@ -108,7 +108,7 @@ def test_bad_config_names_the_field():
 def test_td3_learns_pendulum_swing_up():
     """Threshold −400 (random ≈ −1200, swing-up ≈ −150) after 10 000 env steps, seed 0."""
     cfg = td3.TD3Config(**LEARN)
-    state, m = td3.train(cfg, jax.random.key(0), progress=False)
+    state, m = td3.run(cfg, jax.random.key(0), progress=False)
     assert m["eval_env_steps"][-1] == 10_000
     assert m["eval_return"][-1] >= -400, m["eval_return"]
 

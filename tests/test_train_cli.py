@@ -39,7 +39,7 @@ def _train(args, cache, **popen):
 
 
 def _tmp_dirs(folder):
-    return sorted(n for n in os.listdir(folder) if n.startswith(".tmp-"))
+    return ckpt.temporary_dirs(folder)
 
 
 def test_kill_during_checkpoint_then_resume_equals_an_uninterrupted_run(tmp_path):
@@ -55,7 +55,7 @@ def test_kill_during_checkpoint_then_resume_equals_an_uninterrupted_run(tmp_path
     assert (c / "metrics.csv").read_text() == reference
 
     # Kill the run while it writes the checkpoint of iteration 4: the hook in mbpo_grad.checkpoint
-    # holds the writer inside its temporary folder (arrays.npz written, meta.json not yet).
+    # holds the writer inside Orbax's temporary folder (the arrays item committed, meta not yet).
     proc = subprocess.Popen([sys.executable, "-m", "experiments.train", *TINY, "--out", str(b)], cwd=REPO,
                             env=_env(cache, MBPO_GRAD_CHECKPOINT_PAUSE="4:120"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -65,8 +65,8 @@ def test_kill_during_checkpoint_then_resume_equals_an_uninterrupted_run(tmp_path
         while time.monotonic() < deadline and proc.poll() is None:
             # (the checkpoint of iteration 2 passes through its own .tmp folder first)
             tmps = [t for t in (_tmp_dirs(folder) if folder.is_dir() else [])
-                    if t.startswith(".tmp-step_0000000004-")]
-            if tmps and (folder / tmps[0] / "arrays.npz").exists():
+                    if t.startswith("step_0000000004.")]
+            if tmps and (folder / tmps[0] / "state" / "commit_success.txt").exists():
                 break
             time.sleep(0.05)
         assert proc.poll() is None, f"the run ended before the kill: {proc.stderr.read()[-2000:]}"
@@ -77,8 +77,9 @@ def test_kill_during_checkpoint_then_resume_equals_an_uninterrupted_run(tmp_path
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
     assert ckpt.all_steps(folder) == [2]
-    assert len(_tmp_dirs(folder)) == 1 and _tmp_dirs(folder)[0].startswith(".tmp-step_0000000004-")
-    assert not (b / "metrics.csv").exists()
+    assert len(_tmp_dirs(folder)) == 1 and _tmp_dirs(folder)[0].startswith("step_0000000004.")
+    # The run folder says the run did not finish; its metrics.csv holds the blocks done before the kill.
+    assert json.loads((b / "summary.json").read_text())["status"] == "running"
 
     resumed = _train(["--resume", str(b)], cache)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -105,7 +106,7 @@ def test_x64_run_whose_updates_are_all_skipped_stops_with_exit_1(tmp_path):
     assert "100% of the last 4 updates were skipped" in line and "horizon (n=4)" in line
     assert "even in float64" in line and "--x64" not in line  # already float64: not suggested
     # float64 end to end: every floating leaf of the checkpoint written at iteration 2.
-    meta = json.loads((out / "ckpt" / "step_0000000002" / "meta.json").read_text())
+    meta = ckpt.read_meta(out / "ckpt", 2)
     dtypes = {m["dtype"] for m in meta["leaves"] if m["kind"] == "jax" and m["dtype"].startswith("float")}
     assert dtypes == {"float64"}, dtypes
     assert json.loads((out / "config.json").read_text())["config"]["x64"] is True
@@ -147,10 +148,11 @@ def test_resume_refuses_a_checkpoint_from_other_settings(tmp_path, capsys):
     run = tmp_path / "run"
     args = train.build_parser().parse_args(TINY + ["--out", str(run)])
     cfg, _ = train.config_from_args(args, train.build_parser())
-    train.write_config(str(run), cfg, args, 3)
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items()
+                                                          if k not in ("resume", "quiet", "no_tensorboard")}}))
     # A checkpoint whose guard says lam = 0.5 (it is never loaded: the config check comes first).
-    saved = shac.checkpoint_config(cfg.replace(lam=0.5), jax.random.key(3), cfg.replace(lam=0.5).hparams(),
-                                   env=train.make_env(cfg, args))
+    saved = shac.checkpoint_config(cfg.replace(lam=0.5), jax.random.key(3), cfg.replace(lam=0.5).hparams())
     ckpt.save(str(run / "ckpt"), 2, {"x": np.zeros(1)}, config=saved)
     with pytest.raises(SystemExit) as exc:
         train.main(["--resume", str(run), "--quiet"])

@@ -46,10 +46,71 @@ PyTree = Any
 
 # --------------------------------------------------------------------------- agent bundle
 class Agent(NamedTuple):
+    """An agent: pure functions of (train_state, hparams, key), and its evaluation policy.
+
+    policy_params(train_state, hparams) -> params: what the evaluation policy needs, as nested
+      dicts of arrays (policy network, observation statistics, ...): the saved policy.
+    act(params, obs) -> action: the deterministic evaluation policy on ONE raw observation
+      (normalisation inside). ``evaluate`` is ``evaluate_policy`` of exactly this ``act``, so a
+      saved policy reproduces the run's evaluations.
+    spec: JSON facts a saved policy needs: ``env`` (name), ``obs_size``, ``action_size``,
+      ``episode_length``, ``eval_envs``, ``policy`` (the bundle's name).
+    """
+
     init: Callable[[jax.Array, Any], PyTree]
     update: Callable[[PyTree, Any, jax.Array], Tuple[PyTree, Dict[str, jax.Array]]]
     evaluate: Callable[[PyTree, Any, jax.Array], jax.Array]
     name: str = "agent"
+    policy_params: Optional[Callable[[PyTree, Any], PyTree]] = None
+    act: Optional[Callable[[PyTree, jax.Array], jax.Array]] = None
+    spec: Optional[Dict[str, Any]] = None
+
+
+def evaluate_policy(env, act: Callable, params: PyTree, key: jax.Array, *, num_envs: int, episode_length: int,
+                    dtype=None, remat: Any = False) -> jax.Array:
+    """Mean undiscounted return of ``act(params, obs)`` over ``num_envs`` fresh episodes.
+
+    Every episode runs from ``env.reset`` for ``episode_length`` steps or until ``env.done``
+    (through the engine, ``batched_unroll``); the env's own noise, if any, is drawn from
+    ``key`` in ``dtype``. Episodes a simulator fault made non-finite are left out of the
+    mean (``guards.masked_mean``). The same function evaluates during training and a saved
+    policy afterwards (``mg.load_policy``), so both give the same number for the same key.
+    """
+    from mbpo_grad import guards
+    from mbpo_grad.objectives import batched_unroll
+
+    k_reset, k_xi = jax.random.split(key)
+    s0 = jax.vmap(env.reset)(jax.random.split(k_reset, num_envs))
+
+    def pi(pp, s, eps):
+        del eps
+        return act(pp, env.observe(s))
+
+    xi = None
+    if tuple(env.noise_shape) != ():
+        shape = (episode_length, num_envs) + tuple(env.noise_shape)
+        xi = jax.random.normal(k_xi, shape) if dtype is None else jax.random.normal(k_xi, shape, dtype)
+    traj = batched_unroll(pi, params, env.step, env.reward, s0, horizon=episode_length,
+                          dynamics_noise=xi, done=env.done, remat=remat)
+    return guards.masked_mean(jnp.sum(traj.rewards, axis=1))[0]
+
+
+def agent_spec(env, policy, episode_length: int, eval_envs: int) -> Dict[str, Any]:
+    """``Agent.spec`` for an agent on ``env`` running ``policy`` (None for an actor-free agent)."""
+    return {"env": env.name, "obs_size": int(env.obs_size), "action_size": int(env.action_size),
+            "episode_length": int(episode_length), "eval_envs": int(eval_envs),
+            "policy": None if policy is None else policy.name}
+
+
+def stats_to_dict(stats) -> Dict[str, jax.Array]:
+    """A ``normalizer.RunningStats`` as a plain dict (saved policies hold only dicts of arrays)."""
+    return {"count": stats.count, "mean": stats.mean, "m2": stats.m2}
+
+
+def stats_from_dict(d):
+    from mbpo_grad import normalizer as N
+
+    return N.RunningStats(d["count"], d["mean"], d["m2"])
 
 
 # --------------------------------------------------------------------------- config validation
@@ -211,8 +272,14 @@ def run(
     stream=None,
     on_block: Optional[Callable[[RunProgress], None]] = None,
     resume: Optional[RunProgress] = None,
+    progress_fn: Optional[Callable[[int, Dict[str, float]], None]] = None,
 ):
     """Run ``agent`` block by block (the computation of ``make_train_fn``), printing progress.
+
+    progress_fn: called after every evaluation as ``progress_fn(step, metrics)`` (the Brax
+      convention): ``step`` is the number of environment steps so far (the iteration count for
+      an agent that reports no ``env_steps``), ``metrics`` a dict of floats: ``iteration``,
+      ``eval_return`` and every training metric of the block's last iteration.
 
     on_block: called with the ``RunProgress`` after every block (after the progress line):
       checkpointing, host-side health checks; an exception it raises stops the run.
@@ -239,6 +306,9 @@ def run(
         chunks = [dict(resume.metrics)] if done else []
         eval_returns = [float(x) for x in np.asarray(resume.eval_return)]
         eval_its = [int(x) for x in np.asarray(resume.eval_iteration)]
+    if progress and first < len(k_eval):
+        print(f"[{agent.name}] compiling the training step (the first block includes it) ...",
+              file=stream, flush=True)
     for b in range(first, len(k_eval)):
         ks = k_iter[done: done + eval_every]
         state, m, e = block(state, hparams, ks, k_eval[b])
@@ -251,6 +321,10 @@ def run(
             last = {k: float(np.asarray(v)[-1]) for k, v in m.items()}
             line = describe(done, last, float(e)) if describe else _default_line(done, iterations, last, float(e))
             print(f"{line}  [{time.perf_counter() - t0:6.1f}s]", file=stream, flush=True)
+        if progress_fn is not None:
+            last = {k: float(np.asarray(v)[-1]) for k, v in m.items()}
+            step = int(last["env_steps"]) if "env_steps" in last else done
+            progress_fn(step, {"iteration": float(done), "eval_return": float(e), **last})
         if on_block is not None:
             on_block(RunProgress(done, state, _concat(chunks), np.asarray(eval_its, np.int64),
                                  np.asarray(eval_returns, np.float64)))

@@ -30,6 +30,7 @@ from mbpo_grad import critics as C
 from mbpo_grad import exploration as X
 from mbpo_grad.agents import common
 from mbpo_grad.agents import offpolicy as OP
+from mbpo_grad.agents.common import Agent
 from mbpo_grad.objectives import actor_q_objective
 from mbpo_grad.policies.base import Policy, as_engine_policy
 from mbpo_grad.policies.deterministic import deterministic
@@ -136,8 +137,7 @@ def make_algo(config: DDPGConfig, env, policy: Optional[Policy] = None) -> OP.Of
         # a fresh chain at its mean μ for every env that starts a new episode
         return jnp.where(mask[:, None], jnp.zeros_like(dev), dev)
 
-    def greedy(learner, obs, hp):
-        return policy.sample(learner.actor, obs, None)
+    policy_params, eval_act, greedy = OP.actor_policy(policy)
 
     def one_update(l: DDPGLearner, batch, hp):
         y = q_targets(policy, critic.apply, l.actor_target, l.critic_target, batch, hp.gamma)
@@ -156,11 +156,40 @@ def make_algo(config: DDPGConfig, env, policy: Optional[Policy] = None) -> OP.Of
         learner, m = jax.lax.scan(lambda l, b: one_update(l, b, hp), learner, batches)
         return learner, jax.tree_util.tree_map(jnp.mean, m)
 
-    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, greedy, learn, "ddpg")
+    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, greedy, learn, "ddpg", policy_params, eval_act)
 
 
-make_agent, make_train_fn, train = OP.entry_points("ddpg", validate, make_algo, HParams, check_hparams)
+def make_agent(config: DDPGConfig, *, env=None, policy: Optional[Policy] = None) -> Agent:
+    """The ``Agent`` running DDPG on ``env`` (default ``config.env``) with ``policy`` (default the config's)."""
+    env, episode_length = validate(config, env)
+    return OP.make_agent(config, make_algo(config, env, policy), env, episode_length)
+
+
+def make_train_fn(config: DDPGConfig, *, env=None, policy: Optional[Policy] = None):
+    """A pure ``train_fn(key, hparams) -> (state, metrics, eval_returns)`` (jit / vmap / sweeps)."""
+    return OP.make_train_fn(make_agent(config, env=env, policy=policy), config)
+
+
+def run(config: DDPGConfig, key, **kw):
+    """(final ``OffPolicyState``, metrics); keywords as ``train``."""
+    return OP.run_agent(make_agent, check_hparams, config, key, **kw)
+
+
+def train(config: DDPGConfig, key, **kw):
+    """Train DDPG: ``(make_policy, params, metrics)`` (``offpolicy.train`` / ``driver.train``).
+
+    Keywords: ``hparams``, ``env``, ``policy``, and ``driver.run``'s (``progress``,
+    ``progress_fn``, ``checkpoint_dir`` / ``checkpoint_every`` / ``resume``, ``run_dir``, ...).
+    """
+    return OP.train(make_agent, check_hparams, config, key, **kw)
+
+
+def make_act_for(config: DDPGConfig, spec, policy: Optional[Policy] = None):
+    """``act(params, obs)`` of a saved run (``mg.load_policy``): ``policy`` or the default bundle."""
+    if policy is None:
+        policy = deterministic(int(spec["obs_size"]), int(spec["action_size"]), config.actor_hidden)
+    return OP.float32_obs(OP.actor_policy(policy)[1])
 
 
 __all__ = ["DDPGConfig", "HParams", "DDPGLearner", "dpg_actor_loss", "q_targets", "make_algo", "make_agent",
-           "make_train_fn", "train", "validate"]
+           "make_train_fn", "run", "train", "make_act_for", "validate"]

@@ -168,20 +168,51 @@ def validate(config: FQIConfig, env=None):
     return env, episode_length
 
 
+def _networks(config: FQIConfig, obs_size: int, action_size: int):
+    """(Q critic bundle, amortised-maximiser MLP bundle, π_φ(params, obs) = tanh(MLP))."""
+    critic = C.q_critic(obs_size, action_size, config.critic_hidden)
+    net = mlp(obs_size, action_size, config.actor_hidden)
+
+    def pi(params, obs):
+        return jnp.tanh(net.apply(params, obs))
+
+    return critic, net, pi
+
+
+def greedy_policy(config: FQIConfig, obs_size: int, action_size: int):
+    """(policy_params, eval_act) of the evaluation policy: argmax_a Q(s, a) by ``maximize_q`` from
+    fixed, evenly spread starts (key-free), or π_φ(s) when amortised."""
+    critic, _, pi = _networks(config, obs_size, action_size)
+    S, T = int(config.inner_starts), int(config.inner_steps)
+    fixed_starts = jax.random.uniform(jax.random.PRNGKey(0), (S, action_size), jnp.float32, -1.0, 1.0)
+    if action_size == 1:
+        fixed_starts = jnp.linspace(-1.0, 1.0, S, dtype=jnp.float32)[:, None]
+
+    if config.amortized:
+        def policy_params(learner, hp):
+            del hp
+            return {"policy": learner.policy}
+
+        def eval_act(params, obs):
+            return pi(params["policy"], obs)
+    else:
+        def policy_params(learner, hp):
+            return {"critic": learner.critic, "inner_step_size": hp.inner_step_size, "inner_decay": hp.inner_decay}
+
+        def eval_act(params, obs):
+            return maximize_q(lambda a: critic.apply(params["critic"], obs, a), fixed_starts, steps=T,
+                              step_size=params["inner_step_size"], decay=params["inner_decay"])[0]
+
+    return policy_params, eval_act
+
+
 def make_algo(config: FQIConfig, env) -> OP.OffPolicyAlgo:
-    critic = C.q_critic(env.obs_size, env.action_size, config.critic_hidden)
-    net = mlp(env.obs_size, env.action_size, config.actor_hidden)
+    critic, net, pi = _networks(config, env.obs_size, env.action_size)
     m = env.action_size
     bs, K, n_q = int(config.batch_size), int(config.q_iterations), int(config.q_steps)
     S, T = int(config.inner_starts), int(config.inner_steps)
     amortized = bool(config.amortized)
-    # fixed, evenly spread starts for the key-free greedy policy (evaluation)
-    fixed_starts = jax.random.uniform(jax.random.PRNGKey(0), (S, m), jnp.float32, -1.0, 1.0)
-    if m == 1:
-        fixed_starts = jnp.linspace(-1.0, 1.0, S, dtype=jnp.float32)[:, None]
-
-    def pi(params, obs):
-        return jnp.tanh(net.apply(params, obs))
+    policy_params, eval_act = greedy_policy(config, env.obs_size, env.action_size)
 
     def random_starts(pp, obs, key):
         starts = jax.random.uniform(key, (obs.shape[0], S, m), jnp.float32, -1.0, 1.0)
@@ -215,10 +246,7 @@ def make_algo(config: FQIConfig, env) -> OP.OffPolicyAlgo:
         return carry
 
     def greedy(learner, obs, hp):
-        if amortized:
-            return pi(learner.policy, obs)
-        return maximize_q(lambda a: critic.apply(learner.critic, obs, a), fixed_starts, steps=T,
-                          step_size=hp.inner_step_size, decay=hp.inner_decay)[0]
+        return eval_act(policy_params(learner, hp), obs)
 
     def fit(l: FQILearner, key, buf, hp):
         k_b, k_s, k_p = jax.random.split(key, 3)
@@ -261,28 +289,42 @@ def make_algo(config: FQIConfig, env) -> OP.OffPolicyAlgo:
         return learner, jax.tree_util.tree_map(lambda x: x[-1], met)
 
     return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, greedy, learn,
-                            "fqi-amortized" if amortized else "fqi")
+                            "fqi-amortized" if amortized else "fqi", policy_params, eval_act)
 
 
-def make_agent(config: FQIConfig, *, env=None) -> Agent:
+def make_agent(config: FQIConfig, *, env=None, policy=None) -> Agent:
+    """The fitted-Q-iteration ``Agent`` on ``env`` (default ``config.env``); it has no policy bundle."""
+    if policy is not None:
+        raise ValueError("policy: fitted Q iteration acts by maximising Q (or its amortised maximiser); "
+                         "it takes no policy bundle")
     env, episode_length = validate(config, env)
     return OP.make_agent(config, make_algo(config, env), env, episode_length)
 
 
 def make_train_fn(config: FQIConfig, *, env=None):
-    return common.make_train_fn(make_agent(config, env=env), config.iterations, config.eval_every)
+    """A pure ``train_fn(key, hparams) -> (state, metrics, eval_returns)`` (jit / vmap / sweeps)."""
+    return OP.make_train_fn(make_agent(config, env=env), config)
 
 
-def train(config: FQIConfig, key: jax.Array, *, hparams: Optional[HParams] = None, env=None, progress: bool = True,
-          stream=None, **run_kw):
-    """Train fitted Q iteration (amortised with ``config.amortized``); see ``offpolicy.train``."""
-    hparams = config.hparams() if hparams is None else hparams
-    if not isinstance(hparams, HParams):
-        raise TypeError(f"hparams must be a fqi.HParams, got {type(hparams).__name__}")
-    check_hparams(hparams)
-    agent = make_agent(config, env=env)
-    return OP.train(agent, config, key, hparams, progress=progress, stream=stream, **run_kw)
+def run(config: FQIConfig, key: jax.Array, **kw):
+    """(final ``OffPolicyState``, metrics); keywords as ``train``."""
+    return OP.run_agent(make_agent, check_hparams, config, key, **kw)
+
+
+def train(config: FQIConfig, key: jax.Array, **kw):
+    """Train fitted Q iteration (amortised with ``config.amortized``): ``(make_policy, params, metrics)``.
+
+    Keywords: ``hparams``, ``env`` and ``driver.run``'s (``progress``, ``progress_fn``,
+    ``checkpoint_dir`` / ``checkpoint_every`` / ``resume``, ``run_dir``, ...).
+    """
+    return OP.train(make_agent, check_hparams, config, key, **kw)
+
+
+def make_act_for(config: FQIConfig, spec, policy=None):
+    """``act(params, obs)`` of a saved run (``mg.load_policy``)."""
+    del policy
+    return OP.float32_obs(greedy_policy(config, int(spec["obs_size"]), int(spec["action_size"]))[1])
 
 
 __all__ = ["maximize_q", "fqi_targets", "FQIConfig", "HParams", "FQILearner", "make_algo", "make_agent",
-           "make_train_fn", "train", "validate"]
+           "make_train_fn", "run", "train", "make_act_for", "greedy_policy", "validate"]

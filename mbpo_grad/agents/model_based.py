@@ -232,6 +232,20 @@ def _check_obs_fns(env, reward_fn, done_fn):
 
 
 # --------------------------------------------------------------------------- the algorithm
+def normalised_policy(config: ModelBasedConfig, policy: Policy):
+    """(policy_params, eval_act): the policy's mode (ε = None) on the normalised observation."""
+    def policy_params(l: MBLearner, hp):
+        del hp
+        return {"policy": l.policy, "obs_stats": common.stats_to_dict(l.obs_stats)}
+
+    def eval_act(params, obs):
+        if config.obs_norm:
+            obs = N.normalize(common.stats_from_dict(params["obs_stats"]), obs)
+        return policy.sample(params["policy"], obs, None)
+
+    return policy_params, eval_act
+
+
 def make_algo(config: ModelBasedConfig, env, policy: Optional[Policy] = None,
               model: Optional[GaussianEnsemble] = None, reward_fn: Optional[Callable] = None,
               done_fn: Optional[Callable] = None) -> OP.OffPolicyAlgo:
@@ -278,8 +292,10 @@ def make_algo(config: ModelBasedConfig, env, policy: Optional[Policy] = None,
         a = a + hp.explore_std * jax.random.normal(key, a.shape, a.dtype)
         return jnp.clip(a, -1.0, 1.0), carry
 
+    policy_params, eval_act = normalised_policy(config, policy)
+
     def greedy(l: MBLearner, obs, hp):
-        return policy.sample(l.policy, norm(l.obs_stats, obs), None)
+        return eval_act(policy_params(l, hp), obs)
 
     # engine pieces on ModelState (obs, reward)
     if reward_fn is None:
@@ -383,7 +399,7 @@ def make_algo(config: ModelBasedConfig, env, policy: Optional[Policy] = None,
         return l, m
 
     name = "model_based" if policy.name == "gaussian" else f"model_based-{policy.name}"
-    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, greedy, learn, name)
+    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, greedy, learn, name, policy_params, eval_act)
 
 
 def make_agent(config: ModelBasedConfig, *, env=None, policy: Optional[Policy] = None,
@@ -407,23 +423,38 @@ def make_train_fn(config: ModelBasedConfig, **kw):
     return common.make_train_fn(make_agent(config, **kw), config.iterations, config.eval_every)
 
 
-def train(config: ModelBasedConfig, key: jax.Array, *, hparams: Optional[HParams] = None, progress: bool = True,
-          stream=None, **kw) -> Tuple[OP.OffPolicyState, Dict[str, Any]]:
-    """Train the model-based agent; returns (final ``OffPolicyState``, metrics).
+def run(config: ModelBasedConfig, key: jax.Array, **kw):
+    """(final ``OffPolicyState``, metrics); keywords as ``train``."""
+    return OP.run_agent(make_agent, check_hparams, config, key, **_split_kw(kw))
+
+
+def train(config: ModelBasedConfig, key: jax.Array, **kw):
+    """Train the model-based agent: ``(make_policy, params, metrics)``.
 
     metrics: per-iteration arrays (``env_steps`` — real transitions so far —, ``episode_return``,
     ``actor_loss``, ``critic_loss``, ``grad_norm``, ``model_return``, ``model_mse`` — holdout MSE
     of the elites, raw units —, ``model_nll``; zeros before learning starts) and the evaluations
-    ``eval_iteration``, ``eval_env_steps``, ``eval_return``, plus ``wall_s``. Keyword arguments
-    go to ``make_agent`` (env, policy, model, reward_fn, done_fn).
+    ``eval_iteration``, ``eval_env_steps``, ``eval_return``, plus ``wall_s``. Keywords:
+    ``hparams``, ``env``, ``policy``, ``model``, ``reward_fn``, ``done_fn`` (to ``make_agent``)
+    and ``driver.run``'s (``progress``, ``progress_fn``, checkpoints, ``run_dir``, ...).
     """
-    hparams = config.hparams() if hparams is None else hparams
-    if not isinstance(hparams, HParams):
-        raise TypeError(f"hparams must be a model_based.HParams, got {type(hparams).__name__}")
-    check_hparams(hparams)
-    agent = make_agent(config, **kw)
-    return OP.train(agent, config, key, hparams, progress=progress, stream=stream)
+    return OP.train(make_agent, check_hparams, config, key, **_split_kw(kw))
+
+
+_AGENT_KW = ("model", "reward_fn", "done_fn")
+
+
+def _split_kw(kw):
+    agent_kw = {k: kw.pop(k) for k in _AGENT_KW if k in kw}
+    return {**kw, "agent_kw": agent_kw}
+
+
+def make_act_for(config: ModelBasedConfig, spec, policy: Optional[Policy] = None):
+    """``act(params, obs)`` of a saved run (``mg.load_policy``): ``policy`` or the default Gaussian."""
+    if policy is None:
+        policy = gaussian(int(spec["obs_size"]), int(spec["action_size"]), config.actor_hidden)
+    return OP.float32_obs(normalised_policy(config, policy)[1])
 
 
 __all__ = ["ModelBasedConfig", "HParams", "MBLearner", "fit_indices", "buffer_obs_stats", "validate",
-           "make_algo", "make_agent", "make_train_fn", "train"]
+           "make_algo", "make_agent", "make_train_fn", "run", "train", "make_act_for", "normalised_policy"]

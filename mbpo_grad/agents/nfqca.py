@@ -31,8 +31,10 @@ import optax
 from mbpo_grad import critics as C
 from mbpo_grad import exploration as X
 from mbpo_grad.agents import offpolicy as OP
+from mbpo_grad.agents.common import Agent
 from mbpo_grad.agents.ddpg import _policy_for, dpg_actor_loss, q_targets
 from mbpo_grad.policies.base import Policy
+from mbpo_grad.policies.deterministic import deterministic
 
 PyTree = Any
 
@@ -105,8 +107,7 @@ def make_algo(config: NFQCAConfig, env, policy: Optional[Policy] = None) -> OP.O
     def explore_reset(carry, mask):
         return carry
 
-    def greedy(learner, obs, hp):
-        return policy.sample(learner.actor, obs, None)
+    policy_params, eval_act, greedy = OP.actor_policy(policy)
 
     def fitted_q_iteration(l: NFQCALearner, key, buf, hp):
         k_q, k_a = jax.random.split(key)
@@ -137,11 +138,40 @@ def make_algo(config: NFQCAConfig, env, policy: Optional[Policy] = None) -> OP.O
         learner, m = jax.lax.scan(lambda l, k: fitted_q_iteration(l, k, buf, hp), learner, jax.random.split(key, K))
         return learner, {"critic_loss": m["critic_loss"][-1], "actor_loss": m["actor_loss"][-1]}
 
-    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, greedy, learn, "nfqca")
+    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, greedy, learn, "nfqca", policy_params, eval_act)
 
 
-make_agent, make_train_fn, train = OP.entry_points("nfqca", validate, make_algo, HParams, check_hparams)
+def make_agent(config: NFQCAConfig, *, env=None, policy: Optional[Policy] = None) -> Agent:
+    """The ``Agent`` running NFQCA on ``env`` (default ``config.env``) with ``policy`` (default the config's)."""
+    env, episode_length = validate(config, env)
+    return OP.make_agent(config, make_algo(config, env, policy), env, episode_length)
 
 
-__all__ = ["NFQCAConfig", "HParams", "NFQCALearner", "make_algo", "make_agent", "make_train_fn", "train",
-           "validate"]
+def make_train_fn(config: NFQCAConfig, *, env=None, policy: Optional[Policy] = None):
+    """A pure ``train_fn(key, hparams) -> (state, metrics, eval_returns)`` (jit / vmap / sweeps)."""
+    return OP.make_train_fn(make_agent(config, env=env, policy=policy), config)
+
+
+def run(config: NFQCAConfig, key, **kw):
+    """(final ``OffPolicyState``, metrics); keywords as ``train``."""
+    return OP.run_agent(make_agent, check_hparams, config, key, **kw)
+
+
+def train(config: NFQCAConfig, key, **kw):
+    """Train NFQCA: ``(make_policy, params, metrics)`` (``offpolicy.train`` / ``driver.train``).
+
+    Keywords: ``hparams``, ``env``, ``policy``, and ``driver.run``'s (``progress``,
+    ``progress_fn``, ``checkpoint_dir`` / ``checkpoint_every`` / ``resume``, ``run_dir``, ...).
+    """
+    return OP.train(make_agent, check_hparams, config, key, **kw)
+
+
+def make_act_for(config: NFQCAConfig, spec, policy: Optional[Policy] = None):
+    """``act(params, obs)`` of a saved run (``mg.load_policy``): ``policy`` or the default bundle."""
+    if policy is None:
+        policy = deterministic(int(spec["obs_size"]), int(spec["action_size"]), config.actor_hidden)
+    return OP.float32_obs(OP.actor_policy(policy)[1])
+
+
+__all__ = ["NFQCAConfig", "HParams", "NFQCALearner", "make_algo", "make_agent", "make_train_fn", "run", "train",
+           "make_act_for", "validate"]

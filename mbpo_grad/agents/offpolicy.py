@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mbpo_grad import replay
-from mbpo_grad.agents import common
+from mbpo_grad.agents import common, driver
 from mbpo_grad.agents.common import Agent, TimedState
 from mbpo_grad.objectives import batched_unroll
 
@@ -45,8 +45,12 @@ class OffPolicyAlgo(NamedTuple):
     explore_init(num_envs) -> carry                  exploration state (e.g. OU noise), any pytree
     act(learner, obs [B, d], carry, key, hp) -> (actions [B, a], carry)   behaviour policy
     explore_reset(carry, mask [B]) -> carry          reset the exploration state of ended episodes
-    greedy(learner, obs [d], hp) -> action [a]       evaluation policy (one observation)
+    greedy(learner, obs [d], hp) -> action [a]       evaluation policy (one observation):
+                                                     eval_act(policy_params(learner, hp), obs)
     learn(learner, buffer, hp, key) -> (learner, metrics: dict of scalars)
+    policy_params(learner, hp) -> params              what the evaluation policy needs (dicts of
+                                                     arrays): the saved policy
+    eval_act(params, obs [d]) -> action [a]           the evaluation policy on a float32 observation
     """
 
     init: Callable
@@ -56,6 +60,28 @@ class OffPolicyAlgo(NamedTuple):
     greedy: Callable
     learn: Callable
     name: str = "offpolicy"
+    policy_params: Optional[Callable] = None
+    eval_act: Optional[Callable] = None
+
+
+def actor_policy(policy):
+    """(policy_params, eval_act, greedy) of an algorithm whose evaluation policy is its actor's mode."""
+    def policy_params(learner, hp):
+        del hp
+        return {"policy": learner.actor}
+
+    def eval_act(params, obs):
+        return policy.sample(params["policy"], obs, None)
+
+    def greedy(learner, obs, hp):
+        return eval_act(policy_params(learner, hp), obs)
+
+    return policy_params, eval_act, greedy
+
+
+def float32_obs(eval_act):
+    """``act(params, obs)`` on a raw observation: cast to float32 as the replay buffer stores it."""
+    return lambda params, obs: eval_act(params, jnp.asarray(obs).astype(jnp.float32))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,33 +307,21 @@ def make_agent(config: OffPolicyConfig, algo: OffPolicyAlgo, env, episode_length
                                         "reward_per_step": mean_r, **lm})
         return new_state, metrics
 
+    act = float32_obs(algo.eval_act)
+
+    def policy_params(state: OffPolicyState, hp):
+        return algo.policy_params(state.learner, hp)
+
     def evaluate(state: OffPolicyState, hp, key):
-        k_reset, k_xi = jax.random.split(key)
-        s0 = jax.vmap(env.reset)(jax.random.split(k_reset, config.eval_envs))
+        return common.evaluate_policy(env, act, policy_params(state, hp), key, num_envs=config.eval_envs,
+                                      episode_length=episode_length)
 
-        def pi(learner, s, eps):
-            del eps
-            return algo.greedy(learner, env.observe(s).astype(jnp.float32), hp)
-
-        xi = (jax.random.normal(k_xi, (episode_length, config.eval_envs) + tuple(env.noise_shape))
-              if dyn_noise else None)
-        traj = batched_unroll(pi, state.learner, env.step, env.reward, s0, horizon=episode_length,
-                              dynamics_noise=xi, done=env.done)
-        return jnp.mean(jnp.sum(traj.rewards, axis=1))
-
-    return Agent(init, update, evaluate, algo.name)
+    return Agent(init, update, evaluate, algo.name, policy_params, act,
+                 common.agent_spec(env, None, episode_length, config.eval_envs))
 
 
-def train(agent: Agent, config: OffPolicyConfig, key, hparams, *, progress=True, stream=None, on_block=None,
-          resume=None):
-    """Run ``agent`` with ``common.run``; metrics as NumPy arrays plus the evaluations.
-
-    ``on_block`` / ``resume`` pass through to ``common.run`` (checkpointing, resuming).
-
-    Returns (state, metrics) with the per-iteration metrics and ``eval_iteration``,
-    ``eval_env_steps``, ``eval_return`` (one per block of ``eval_every`` iterations) and
-    ``wall_s``; the final evaluation is ``metrics["eval_return"][-1]``.
-    """
+def describe_fn(agent: Agent, config: OffPolicyConfig):
+    """The progress line of an off-policy agent."""
     def describe(it, last, ev):
         ret = last["episode_return"]
         ret_s = "      n/a" if not np.isfinite(ret) else f"{ret:9.2f}"
@@ -315,15 +329,51 @@ def train(agent: Agent, config: OffPolicyConfig, key, hparams, *, progress=True,
         return (f"[{agent.name}] it {it:5d}/{config.iterations}  env_steps {int(last['env_steps']):8d}  "
                 f"train_return {ret_s}  eval_return {ev:9.2f}  {extra}")
 
-    state, metrics, evals = common.run(agent, key, hparams, iterations=config.iterations,
-                                       eval_every=config.eval_every, progress=progress, describe=describe,
-                                       stream=stream, on_block=on_block, resume=resume)
-    its = evals["iteration"]
-    metrics["eval_iteration"] = its
-    metrics["eval_env_steps"] = metrics["env_steps"][its - 1]
-    metrics["eval_return"] = evals["eval_return"]
-    metrics["wall_s"] = evals["wall_s"]
-    return state, metrics
+    return describe
+
+
+def run(agent: Agent, config: OffPolicyConfig, key, hparams, **run_kw):
+    """``driver.run`` with the off-policy progress line: (final ``OffPolicyState``, metrics).
+
+    metrics: the per-iteration metrics and ``eval_iteration``, ``eval_env_steps``,
+    ``eval_return`` (one per block of ``eval_every`` iterations) and ``wall_s``; the final
+    evaluation is ``metrics["eval_return"][-1]``. ``run_kw``: see ``driver.run`` (progress,
+    progress_fn, checkpoint_dir / checkpoint_every / resume, run_dir, ...).
+    """
+    run_kw.setdefault("describe", describe_fn(agent, config))
+    return driver.run(agent, config, key, hparams, **run_kw)
+
+
+def checked_hparams(config: OffPolicyConfig, hparams, check: Callable):
+    """``hparams`` (default ``config.hparams()``), of the config's ``HParams`` type, value-checked."""
+    hparams = config.hparams() if hparams is None else hparams
+    cls = type(config).HPARAMS
+    if not isinstance(hparams, cls):
+        raise TypeError(f"hparams must be a {cls.__module__.rsplit('.', 1)[-1]}.HParams, got {type(hparams).__name__}")
+    check(hparams)
+    return hparams
+
+
+def run_agent(make_agent: Callable, check: Callable, config: OffPolicyConfig, key, *, hparams=None, env=None,
+              policy=None, agent_kw=None, **run_kw):
+    """(final state, metrics) of the agent ``make_agent(config, env=, policy=, **agent_kw)`` (``run``)."""
+    hparams = checked_hparams(config, hparams, check)
+    agent = make_agent(config, env=env, policy=policy, **(agent_kw or {}))
+    return run(agent, config, key, hparams, env=env, policy=policy, **run_kw)
+
+
+def train(make_agent: Callable, check: Callable, config: OffPolicyConfig, key, *, hparams=None, env=None,
+          policy=None, agent_kw=None, **run_kw):
+    """``(make_policy, params, metrics)`` of the agent ``make_agent(config, ...)`` (``driver.train``)."""
+    hparams = checked_hparams(config, hparams, check)
+    agent = make_agent(config, env=env, policy=policy, **(agent_kw or {}))
+    run_kw.setdefault("describe", describe_fn(agent, config))
+    return driver.train(agent, config, key, hparams, env=env, policy=policy, **run_kw)
+
+
+def make_train_fn(agent: Agent, config: OffPolicyConfig):
+    """A pure ``train_fn(key, hparams) -> (state, metrics, eval_returns)`` (jit / vmap / sweeps)."""
+    return common.make_train_fn(agent, config.iterations, config.eval_every)
 
 
 def adam(lr, max_grad_norm=0.0):
@@ -331,36 +381,6 @@ def adam(lr, max_grad_norm=0.0):
     return common.make_optimizer(lr, max_grad_norm, total_steps=1, schedule="constant")
 
 
-__all__ = ["OffPolicyAlgo", "OffPolicyConfig", "OffPolicyState", "make_agent", "train", "validate",
+__all__ = ["OffPolicyAlgo", "OffPolicyConfig", "OffPolicyState", "make_agent", "run", "validate", "actor_policy",
+           "float32_obs", "describe_fn", "train", "make_train_fn", "checked_hparams",
            "sample_batches", "transition_example", "check_hparams", "adam", "make_env"]
-
-
-def entry_points(name: str, validate: Callable, make_algo: Callable, hparams_type: type, check_hparams: Callable):
-    """``(make_agent, make_train_fn, train)`` of an off-policy agent module, built from its parts.
-
-    ``validate(config, env) -> (env, episode_length)``, ``make_algo(config, env, policy) ->
-    OffPolicyAlgo``, ``hparams_type`` (the module's ``HParams``), ``check_hparams(hp)``.
-    """
-    build = make_agent
-
-    def agent_fn(config, *, env=None, policy=None) -> Agent:
-        env, episode_length = validate(config, env)
-        return build(config, make_algo(config, env, policy), env, episode_length)
-
-    def train_fn(config, *, env=None, policy=None):
-        """A pure ``train_fn(key, hparams) -> (state, metrics, eval_returns)`` (jit / vmap / sweeps)."""
-        return common.make_train_fn(agent_fn(config, env=env, policy=policy), config.iterations, config.eval_every)
-
-    def run_fn(config, key, *, hparams=None, env=None, policy=None, progress=True, stream=None, **run_kw):
-        hparams = config.hparams() if hparams is None else hparams
-        if not isinstance(hparams, hparams_type):
-            raise TypeError(f"hparams must be a {name}.HParams, got {type(hparams).__name__}")
-        check_hparams(hparams)
-        return train(agent_fn(config, env=env, policy=policy), config, key, hparams, progress=progress,
-                     stream=stream, **run_kw)
-
-    agent_fn.__name__, train_fn.__name__, run_fn.__name__ = "make_agent", "make_train_fn", "train"
-    agent_fn.__doc__ = f"The ``Agent`` running {name.upper()} on ``env`` (validated config; ``policy`` optional)."
-    run_fn.__doc__ = (f"Train {name.upper()}; returns (final ``OffPolicyState``, metrics) — see ``offpolicy.train``.\n\n"
-                      "``run_kw``: ``on_block`` / ``resume``, passed to ``common.run`` (checkpoints).")
-    return agent_fn, train_fn, run_fn

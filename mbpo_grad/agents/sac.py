@@ -30,6 +30,7 @@ from mbpo_grad import critics as C
 from mbpo_grad import trust_region as TR
 from mbpo_grad.agents import common
 from mbpo_grad.agents import offpolicy as OP
+from mbpo_grad.agents.common import Agent
 from mbpo_grad.objectives import actor_q_objective
 from mbpo_grad.policies.base import Policy, sample_and_log_prob
 from mbpo_grad.policies.gaussian import gaussian
@@ -155,8 +156,7 @@ def make_algo(config: SACConfig, env, policy: Optional[Policy] = None) -> OP.Off
     def explore_reset(carry, mask):
         return carry
 
-    def greedy(learner, obs, hp):
-        return policy.sample(learner.actor, obs, None)
+    policy_params, eval_act, greedy = OP.actor_policy(policy)
 
     def alpha_of(l, hp):
         return jnp.exp(l.log_alpha) if config.learn_alpha else hp.init_alpha
@@ -213,11 +213,40 @@ def make_algo(config: SACConfig, env, policy: Optional[Policy] = None) -> OP.Off
         return learner, jax.tree_util.tree_map(jnp.mean, m)
 
     name = "sac" if policy.name == "gaussian" else f"sac-{policy.name}"
-    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, greedy, learn, name)
+    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, greedy, learn, name, policy_params, eval_act)
 
 
-make_agent, make_train_fn, train = OP.entry_points("sac", validate, make_algo, HParams, check_hparams)
+def make_agent(config: SACConfig, *, env=None, policy: Optional[Policy] = None) -> Agent:
+    """The ``Agent`` running SAC on ``env`` (default ``config.env``) with ``policy`` (default the config's)."""
+    env, episode_length = validate(config, env)
+    return OP.make_agent(config, make_algo(config, env, policy), env, episode_length)
+
+
+def make_train_fn(config: SACConfig, *, env=None, policy: Optional[Policy] = None):
+    """A pure ``train_fn(key, hparams) -> (state, metrics, eval_returns)`` (jit / vmap / sweeps)."""
+    return OP.make_train_fn(make_agent(config, env=env, policy=policy), config)
+
+
+def run(config: SACConfig, key, **kw):
+    """(final ``OffPolicyState``, metrics); keywords as ``train``."""
+    return OP.run_agent(make_agent, check_hparams, config, key, **kw)
+
+
+def train(config: SACConfig, key, **kw):
+    """Train SAC: ``(make_policy, params, metrics)`` (``offpolicy.train`` / ``driver.train``).
+
+    Keywords: ``hparams``, ``env``, ``policy``, and ``driver.run``'s (``progress``,
+    ``progress_fn``, ``checkpoint_dir`` / ``checkpoint_every`` / ``resume``, ``run_dir``, ...).
+    """
+    return OP.train(make_agent, check_hparams, config, key, **kw)
+
+
+def make_act_for(config: SACConfig, spec, policy: Optional[Policy] = None):
+    """``act(params, obs)`` of a saved run (``mg.load_policy``): ``policy`` or the default bundle."""
+    if policy is None:
+        policy = gaussian(int(spec["obs_size"]), int(spec["action_size"]), config.actor_hidden)
+    return OP.float32_obs(OP.actor_policy(policy)[1])
 
 
 __all__ = ["SACConfig", "HParams", "SACLearner", "sac_actor_loss", "soft_targets", "temperature_loss",
-           "make_algo", "make_agent", "make_train_fn", "train", "validate"]
+           "make_algo", "make_agent", "make_train_fn", "run", "train", "make_act_for", "validate"]

@@ -65,7 +65,7 @@ from mbpo_grad import checkpoint as ckpt
 from mbpo_grad import critics as C
 from mbpo_grad import guards
 from mbpo_grad import normalizer as N
-from mbpo_grad.agents import common
+from mbpo_grad.agents import common, driver
 from mbpo_grad.agents.common import Agent, TimedState
 from mbpo_grad.objectives import batched_unroll, pathwise_returns
 from mbpo_grad.rollout import gate_gradient
@@ -283,7 +283,7 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
     """
     env, episode_length = validate(config, env)
     n, B = int(config.horizon), int(config.num_envs)
-    policy = common.policy_for(env, policy, lambda: deterministic(env.obs_size, env.action_size, config.actor_hidden))
+    policy = common.policy_for(env, policy, lambda: default_policy(config, env.obs_size, env.action_size))
     stochastic = tuple(policy.noise_shape) != (0,)
     dyn_noise = tuple(env.noise_shape) != ()
     critic = C.v_critic(env.obs_size, config.critic_hidden)
@@ -491,26 +491,44 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
         })
         return new_state, metrics
 
-    def evaluate(state: SHACState, hp: HParams, key):
+    act = make_act(config, policy)
+
+    def policy_params(state: SHACState, hp: HParams):
         del hp
-        k_reset, k_xi = jax.random.split(key)
-        s0 = jax.vmap(env.reset)(jax.random.split(k_reset, config.eval_envs))
-        stats = state.obs_stats
+        return {"policy": state.policy_params, "obs_stats": common.stats_to_dict(state.obs_stats)}
 
-        def pi(params, s, eps):
-            obs = env.observe(s)
-            obs = N.normalize(stats, obs) if config.obs_norm else obs
-            return policy.sample(params, obs, None)
-
-        xi = (jax.random.normal(k_xi, (episode_length, config.eval_envs) + tuple(env.noise_shape), fdtype)
-              if dyn_noise else None)
-        traj = batched_unroll(pi, state.policy_params, env.step, env.reward, s0, horizon=episode_length,
-                              dynamics_noise=xi, done=env.done, remat=config.remat)
-        # Episodes a simulator fault made non-finite are left out of the mean.
-        return guards.masked_mean(jnp.sum(traj.rewards, axis=1))[0]
+    def evaluate(state: SHACState, hp: HParams, key):
+        return common.evaluate_policy(env, act, policy_params(state, hp), key, num_envs=config.eval_envs,
+                                      episode_length=episode_length, dtype=fdtype, remat=config.remat)
 
     name = "shac" if config.use_critic else ("bpo" if n == episode_length else "truncated-bpo")
-    return Agent(init, update, evaluate, name)
+    return Agent(init, update, evaluate, name, policy_params, act,
+                 common.agent_spec(env, policy, episode_length, config.eval_envs))
+
+
+def default_policy(config: SHACConfig, obs_size: int, action_size: int) -> Policy:
+    """The policy ``make_agent`` builds when none is given: a deterministic tanh MLP (``actor_hidden``)."""
+    return deterministic(obs_size, action_size, config.actor_hidden)
+
+
+def make_act(config: SHACConfig, policy: Policy):
+    """The evaluation policy ``act(params, obs)``: the bundle's mode (ε = None) on the normalised obs.
+
+    ``params`` = ``{"policy": ..., "obs_stats": {"count", "mean", "m2"}}`` (``Agent.policy_params``).
+    """
+    def act(params, obs):
+        if config.obs_norm:
+            obs = N.normalize(common.stats_from_dict(params["obs_stats"]), obs)
+        return policy.sample(params["policy"], obs, None)
+
+    return act
+
+
+def make_act_for(config: SHACConfig, spec: Dict[str, Any], policy: Optional[Policy] = None):
+    """``act(params, obs)`` of a saved run (``mg.load_policy``): ``policy`` or the default bundle."""
+    if policy is None:
+        policy = default_policy(config, int(spec["obs_size"]), int(spec["action_size"]))
+    return make_act(config, policy)
 
 
 def make_train_fn(config: SHACConfig, *, env=None, policy: Optional[Policy] = None):
@@ -543,34 +561,49 @@ def make_sweep_fn(config: SHACConfig, *, env=None, policy: Optional[Policy] = No
 
 def checkpoint_config(config: SHACConfig, key: jax.Array, hparams: HParams, *, env=None,
                       policy: Optional[Policy] = None) -> Dict[str, Any]:
-    """The JSON dict a checkpoint is guarded by: the static config, the hyper-parameter values,
-    the seed key (every per-iteration key is split from it) and custom env / policy names."""
-    raw = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-    return {
-        "shac": dataclasses.asdict(config),
-        "hparams": {k: np.asarray(v).tolist() for k, v in hparams._asdict().items()},
-        "key": np.asarray(raw).tolist(),
-        "env": None if env is None else env.name,
-        "policy": None if policy is None else policy.name,
-    }
+    """The JSON dict a checkpoint of this run is guarded by (``driver.guard_config``)."""
+    return driver.guard_config(make_agent(config, env=env, policy=policy), config, key, hparams, env=env,
+                               policy=policy)
 
 
-def _progress_target(agent: Agent, key, hparams, done: int, eval_every: int, iterations: int):
-    """A ``RunProgress`` with the shapes and dtypes of one saved after ``done`` iterations."""
-    state = jax.eval_shape(agent.init, key, hparams)
-    _, m = jax.eval_shape(agent.update, state, hparams, key)
-    n_blocks = len([b for b in range(-(-iterations // eval_every)) if min((b + 1) * eval_every, iterations) <= done])
-    return common.RunProgress(
-        done, state, {k: np.zeros((done,), v.dtype) for k, v in m.items()},
-        np.zeros((n_blocks,), np.int64), np.zeros((n_blocks,), np.float64),
-    )
+class SkipHealth(driver.Health):
+    """Stops a run whose skip rate stays above ``config.skip_threshold`` (``guards.SkipMonitor``).
+
+    An update counts as unhealthy when it was skipped or more than half of its envs were masked.
+    """
+
+    error = guards.SkipRateExceeded
+
+    def __init__(self, config: SHACConfig):
+        self.num_envs = int(config.num_envs)
+        self.monitor = guards.SkipMonitor(window=config.skip_window, threshold=config.skip_threshold,
+                                          horizon=int(config.horizon),
+                                          dtype=np.float64 if config.x64 else np.float32)
+
+    def update(self, metrics, new):
+        bad = (np.asarray(metrics["skipped_updates"][new]) > 0) | \
+              (2 * np.asarray(metrics["masked_envs"][new]) > self.num_envs)
+        msg = self.monitor.update(bad, metrics["max_env_grad_norm"][new])
+        if msg:
+            return (f"{msg} (An update counts as skipped when it was skipped or more than half of its "
+                    "environments were masked; the parameters were left finite.)")
+        return None
 
 
-def train(config: SHACConfig, key: jax.Array, *, hparams: Optional[HParams] = None, env=None,
-          policy: Optional[Policy] = None, progress: bool = True, stream=None,
-          checkpoint_dir: Optional[str] = None, checkpoint_every: Optional[int] = None,
-          resume: bool = False, keep_checkpoints: int = 2) -> Tuple[SHACState, Dict[str, Any]]:
-    """Train SHAC (or BPO) and return (final state, metrics).
+def _describe(agent: Agent, config: SHACConfig):
+    def describe(it, last, ev):
+        ret = last["episode_return"]
+        ret_s = "      n/a" if not np.isfinite(ret) else f"{ret:9.2f}"
+        return (f"[{agent.name}] it {it:5d}/{config.iterations}  env_steps {int(last['env_steps']):9d}  "
+                f"train_return {ret_s}  eval_return {ev:9.2f}  grad_norm {last['grad_norm']:8.3g}  "
+                f"skipped {int(last['total_skipped'])}  masked_envs {int(last['masked_envs'])}")
+
+    return describe
+
+
+def run(config: SHACConfig, key: jax.Array, *, hparams: Optional[HParams] = None, env=None,
+        policy: Optional[Policy] = None, **run_kw) -> Tuple[SHACState, Dict[str, Any]]:
+    """Train SHAC (or BPO) and return (final ``SHACState``, metrics); ``train`` without the policy step.
 
     metrics: per-iteration NumPy arrays (``env_steps``, ``episode_return`` — the mean return of
     each env's last finished training episode, NaN before any finished — ``window_return``,
@@ -583,14 +616,10 @@ def train(config: SHACConfig, key: jax.Array, *, hparams: Optional[HParams] = No
     every ``eval_every`` iterations and at the end: ``eval_iteration``, ``eval_env_steps``,
     ``eval_return``; and ``wall_s``. The final evaluation is ``metrics["eval_return"][-1]``.
 
-    Checkpoints: with ``checkpoint_dir`` and ``checkpoint_every=K`` (a multiple of
-    ``eval_every``) everything needed to continue — the train state (parameters, optimiser
-    states, normaliser, env states, counters), the metrics and evaluations so far and the
-    iteration — is saved atomically (``mbpo_grad.checkpoint``, the newest ``keep_checkpoints``
-    kept) after iterations K, 2K, … and at the end, guarded by ``checkpoint_config``.
-    ``resume=True`` continues from the newest complete checkpoint there (from scratch when there
-    is none); the result equals an uninterrupted run's exactly. A checkpoint written under a
-    different config, hyper-parameters or seed is refused with ``ValueError``.
+    ``run_kw`` go to ``driver.run``: ``progress``, ``stream``, ``progress_fn(step, metrics)``,
+    ``checkpoint_dir`` / ``checkpoint_every`` (a multiple of ``eval_every``) / ``resume`` /
+    ``keep_checkpoints`` (exact resume from atomic checkpoints, refused under another config,
+    hyper-parameters or seed), ``run_dir`` (the run folder), ``tensorboard``, ``info``.
 
     Raises:
       guards.SkipRateExceeded: more than ``config.skip_threshold`` of the last
@@ -604,65 +633,25 @@ def train(config: SHACConfig, key: jax.Array, *, hparams: Optional[HParams] = No
         raise TypeError(f"hparams must be a shac.HParams, got {type(hparams).__name__}")
     _check_hparam_values(hparams)
     agent = make_agent(config, env=env, policy=policy)
-    iterations = int(config.iterations)
-    eval_every = min(int(config.eval_every), iterations)
-    if checkpoint_every is not None:
-        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) or \
-                checkpoint_every < 1 or checkpoint_every % eval_every:
-            raise ValueError(f"checkpoint_every must be a positive multiple of eval_every ({eval_every}) "
-                             f"(checkpoints are taken between blocks), got {checkpoint_every!r}")
-        if checkpoint_dir is None:
-            raise ValueError("checkpoint_dir: needed with checkpoint_every")
-    if resume and checkpoint_dir is None:
-        raise ValueError("checkpoint_dir: resume=True needs the folder to resume from")
-    ckpt_cfg = checkpoint_config(config, key, hparams, env=env, policy=policy) if checkpoint_dir else None
-    B, dtype = int(config.num_envs), (np.float64 if config.x64 else np.float32)
-    monitor = guards.SkipMonitor(window=config.skip_window, threshold=config.skip_threshold,
-                                 horizon=int(config.horizon), dtype=dtype)
-    seen = [0]
+    run_kw.setdefault("describe", _describe(agent, config))
+    return driver.run(agent, config, key, hparams, env=env, policy=policy, health=SkipHealth(config), **run_kw)
 
-    def unhealthy(m, sl):
-        return (np.asarray(m["skipped_updates"][sl]) > 0) | (2 * np.asarray(m["masked_envs"][sl]) > B)
 
-    start = None
-    if resume:
-        done = ckpt.latest_step(checkpoint_dir)
-        if done is not None:
-            target = _progress_target(agent, key, hparams, done, eval_every, iterations)
-            _, start = ckpt.restore(checkpoint_dir, config=ckpt_cfg, step=done, target=target)
-            monitor.update(unhealthy(start.metrics, slice(0, done)), start.metrics["max_env_grad_norm"])
-            seen[0] = done
+def train(config: SHACConfig, key: jax.Array, *, hparams: Optional[HParams] = None, env=None,
+          policy: Optional[Policy] = None, **run_kw):
+    """Train SHAC (or BPO): ``(make_policy, params, metrics)`` (the Brax convention).
 
-    def on_block(prog: common.RunProgress):
-        sl = slice(seen[0], prog.iteration)
-        seen[0] = prog.iteration
-        msg = monitor.update(unhealthy(prog.metrics, sl), prog.metrics["max_env_grad_norm"][sl])
-        if msg:
-            err = guards.SkipRateExceeded(
-                f"[{agent.name}] training stopped at iteration {prog.iteration}/{iterations}: {msg} "
-                "(An update counts as skipped when it was skipped or more than half of its environments "
-                "were masked; the parameters were left finite.)")
-            err.state, err.metrics, err.iteration = prog.state, prog.metrics, prog.iteration
-            raise err
-        if checkpoint_every and (prog.iteration % checkpoint_every == 0 or prog.iteration == iterations):
-            ckpt.save(checkpoint_dir, prog.iteration, prog, config=ckpt_cfg, keep=keep_checkpoints)
+    ``make_policy(params)`` is the jitted deterministic policy ``act(obs)`` (normalisation
+    inside) that every evaluation used; ``params`` the final policy parameters and observation
+    statistics; ``metrics`` as in ``run`` (which returns the whole train state instead).
 
-    def describe(it, last, ev):
-        ret = last["episode_return"]
-        ret_s = "      n/a" if not np.isfinite(ret) else f"{ret:9.2f}"
-        return (f"[{agent.name}] it {it:5d}/{config.iterations}  env_steps {int(last['env_steps']):9d}  "
-                f"train_return {ret_s}  eval_return {ev:9.2f}  grad_norm {last['grad_norm']:8.3g}  "
-                f"skipped {int(last['total_skipped'])}  masked_envs {int(last['masked_envs'])}")
-
-    state, metrics, evals = common.run(agent, key, hparams, iterations=iterations,
-                                       eval_every=eval_every, progress=progress,
-                                       describe=describe, stream=stream, on_block=on_block, resume=start)
-    its = evals["iteration"]
-    metrics["eval_iteration"] = its
-    metrics["eval_env_steps"] = metrics["env_steps"][its - 1]
-    metrics["eval_return"] = evals["eval_return"]
-    metrics["wall_s"] = evals["wall_s"]
-    return state, metrics
+        make_policy, params, metrics = shac.train(SHACConfig(), jax.random.key(0), run_dir="runs/a")
+        act = make_policy(params); act(obs)
+    """
+    state, metrics = run(config, key, hparams=hparams, env=env, policy=policy, **run_kw)
+    agent = make_agent(config, env=env, policy=policy)
+    hparams = config.hparams() if hparams is None else hparams
+    return driver.make_policy_fn(agent.act), driver.policy_params(agent, state, hparams), metrics
 
 
 def evaluate(config: SHACConfig, state: SHACState, key: jax.Array, *, env=None,
@@ -673,4 +662,5 @@ def evaluate(config: SHACConfig, state: SHACState, key: jax.Array, *, env=None,
 
 
 __all__ = ["SHACConfig", "HParams", "SHACState", "bpo_config", "validate", "make_agent", "make_train_fn",
-           "make_sweep_fn", "train", "evaluate", "checkpoint_config", "GUARDS"]
+           "make_sweep_fn", "run", "train", "evaluate", "checkpoint_config", "default_policy", "make_act", "make_act_for",
+           "SkipHealth", "GUARDS"]

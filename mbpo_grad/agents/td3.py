@@ -25,8 +25,10 @@ import optax
 from mbpo_grad import critics as C
 from mbpo_grad import exploration as X
 from mbpo_grad.agents import offpolicy as OP
+from mbpo_grad.agents.common import Agent
 from mbpo_grad.agents.ddpg import _policy_for, dpg_actor_loss
 from mbpo_grad.policies.base import Policy
+from mbpo_grad.policies.deterministic import deterministic
 
 PyTree = Any
 
@@ -129,8 +131,7 @@ def make_algo(config: TD3Config, env, policy: Optional[Policy] = None) -> OP.Off
     def explore_reset(carry, mask):
         return carry
 
-    def greedy(learner, obs, hp):
-        return policy.sample(learner.actor, obs, None)
+    policy_params, eval_act, greedy = OP.actor_policy(policy)
 
     def one_update(l: TD3Learner, xs, hp):
         batch, key = xs
@@ -167,11 +168,40 @@ def make_algo(config: TD3Config, env, policy: Optional[Policy] = None) -> OP.Off
         return learner, {"critic_loss": jnp.mean(m["critic_loss"]), "actor_loss": jnp.sum(m["actor_loss"]) / n_act,
                          "q_mean": jnp.mean(m["q_mean"])}
 
-    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, greedy, learn, "td3")
+    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, greedy, learn, "td3", policy_params, eval_act)
 
 
-make_agent, make_train_fn, train = OP.entry_points("td3", validate, make_algo, HParams, check_hparams)
+def make_agent(config: TD3Config, *, env=None, policy: Optional[Policy] = None) -> Agent:
+    """The ``Agent`` running TD3 on ``env`` (default ``config.env``) with ``policy`` (default the config's)."""
+    env, episode_length = validate(config, env)
+    return OP.make_agent(config, make_algo(config, env, policy), env, episode_length)
+
+
+def make_train_fn(config: TD3Config, *, env=None, policy: Optional[Policy] = None):
+    """A pure ``train_fn(key, hparams) -> (state, metrics, eval_returns)`` (jit / vmap / sweeps)."""
+    return OP.make_train_fn(make_agent(config, env=env, policy=policy), config)
+
+
+def run(config: TD3Config, key, **kw):
+    """(final ``OffPolicyState``, metrics); keywords as ``train``."""
+    return OP.run_agent(make_agent, check_hparams, config, key, **kw)
+
+
+def train(config: TD3Config, key, **kw):
+    """Train TD3: ``(make_policy, params, metrics)`` (``offpolicy.train`` / ``driver.train``).
+
+    Keywords: ``hparams``, ``env``, ``policy``, and ``driver.run``'s (``progress``,
+    ``progress_fn``, ``checkpoint_dir`` / ``checkpoint_every`` / ``resume``, ``run_dir``, ...).
+    """
+    return OP.train(make_agent, check_hparams, config, key, **kw)
+
+
+def make_act_for(config: TD3Config, spec, policy: Optional[Policy] = None):
+    """``act(params, obs)`` of a saved run (``mg.load_policy``): ``policy`` or the default bundle."""
+    if policy is None:
+        policy = deterministic(int(spec["obs_size"]), int(spec["action_size"]), config.actor_hidden)
+    return OP.float32_obs(OP.actor_policy(policy)[1])
 
 
 __all__ = ["TD3Config", "HParams", "TD3Learner", "smoothed_target_actions", "td3_targets", "first_head",
-           "make_algo", "make_agent", "make_train_fn", "train", "validate"]
+           "make_algo", "make_agent", "make_train_fn", "run", "train", "make_act_for", "validate"]
