@@ -110,6 +110,11 @@ def render(run_dirs: Sequence[str], out_path: str) -> str:
         if os.path.isfile(cfg_path):
             meta = RD.read_json(cfg_path)
             cfg = meta.get("config", meta) if isinstance(meta, dict) else {}
+            spec = meta.get("spec") if isinstance(meta, dict) else None
+            if isinstance(spec, dict):  # a train run (mbpo_grad.runs): the env actually trained on
+                parts += [f"Agent **{meta.get('agent', '?')}** on env **{spec.get('env', '?')}**"
+                          f"{' (a custom env object)' if meta.get('custom_env') else ''}, "
+                          f"policy {meta.get('custom_policy') or spec.get('policy') or 'the default'}.", ""]
             parts += ["### Settings", ""] + _config_lines(cfg) + [""]
             env = meta.get("environment") if isinstance(meta, dict) else None
             if env:
@@ -120,6 +125,11 @@ def render(run_dirs: Sequence[str], out_path: str) -> str:
         if os.path.isfile(sum_path):
             summary = RD.read_json(sum_path)
             parts += [f"Status: **{summary.get('status', '?')}**.", ""]
+            if "final_eval_return" in summary:
+                parts += [f"Final evaluation return {summary['final_eval_return']:.4g} after "
+                          f"{summary.get('env_steps')} env steps ({summary.get('wall_s', 0.0):.1f} s).", ""]
+            if summary.get("error"):
+                parts += [f"Stopped: {summary['error']}", ""]
             for t in summary.get("tables", []):
                 parts += [f"### {t.get('title', 'Table')}", ""]
                 if t.get("note"):

@@ -130,6 +130,9 @@ def test_load_policy_errors_name_the_problem(tmp_path):
     module.train(cfg.replace(iterations=2), jax.random.key(0), policy=pol, progress=False, run_dir=run_dir,
                  tensorboard=False)
     assert "tensorboard" not in os.listdir(run_dir)
+    from experiments import report
+    text = report.render([run_dir], str(tmp_path / "report.md"))
+    assert "Status: **finished**" in text and "Final evaluation return" in text and "learning_curve.png" in text
     with pytest.raises(ValueError, match="custom policy bundle"):
         mg.load_policy(run_dir)
     act, _ = mg.load_policy(run_dir, policy=pol)
