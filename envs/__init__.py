@@ -20,6 +20,15 @@ from typing import Any, Callable, Dict, Tuple
 
 from envs.base import Env, check_env
 
+
+def _require(module: str, extra: str) -> None:
+    """A clear ImportError when an optional simulator is not installed (``pip install 'mbpo_grad[extra]'``)."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(f"{module} is not installed: pip install -e '.[{extra}]' (or '.[all]') for the "
+                          f"{'Brax' if extra == 'brax' else 'MuJoCo MJX'} environments")
+
 ANALYTIC = ("lqr", "pendulum", "cartpole", "switching_cart")
 FAMILIES = ("brax:", "mjx:")
 
@@ -54,9 +63,11 @@ def make(name: str, **kwargs) -> Env:
     if name in _REGISTRY:
         return _REGISTRY[name](**kwargs)
     if name.startswith("brax:"):
+        _require("brax", "brax")
         from envs import brax_adapter
         return brax_adapter.make(name.split(":", 1)[1], **kwargs)
     if name.startswith("mjx:"):
+        _require("mujoco", "mjx")
         from envs import mjx_adapter
         return mjx_adapter.make(name.split(":", 1)[1], **kwargs)
     raise ValueError(
@@ -66,12 +77,14 @@ def make(name: str, **kwargs) -> Env:
 
 def from_brax(env_instance: Any, **kwargs) -> Env:
     """``envs.brax_adapter.from_brax``: an ``Env`` from a Brax env instance (see its docstring)."""
+    _require("brax", "brax")
     from envs import brax_adapter
     return brax_adapter.from_brax(env_instance, **kwargs)
 
 
 def from_mjx(mj_model: Any, **kwargs) -> Env:
     """``envs.mjx_adapter.from_mjx``: an ``Env`` from a ``mujoco.MjModel`` (see its docstring)."""
+    _require("mujoco", "mjx")
     from envs import mjx_adapter
     return mjx_adapter.from_mjx(mj_model, **kwargs)
 

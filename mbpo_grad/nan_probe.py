@@ -64,6 +64,8 @@ class Origin:
     inputs:    per input: shape, dtype and the smallest / largest |x| (a zero or a
                denormal denominator shows up here).
     n_nonfinite: number of non-finite entries in its outputs.
+    then:      for an overflow (an inf from finite inputs), the equation at which that
+               inf first became a NaN (e.g. ``mul`` of 0 and inf), else None.
     """
 
     primitive: str
@@ -73,6 +75,7 @@ class Origin:
     equation: str
     inputs: Tuple[str, ...]
     n_nonfinite: int
+    then: Optional["Origin"] = None
 
     def __str__(self) -> str:
         where = " > ".join(self.path) if self.path else "top level"
@@ -80,6 +83,8 @@ class Origin:
                  f"  in: {where}", f"  name stack: {self.name_stack or '-'}",
                  f"  equation: {self.equation}", f"  non-finite outputs: {self.n_nonfinite}"]
         lines += [f"  input {i}: {s}" for i, s in enumerate(self.inputs)]
+        if self.then is not None:
+            lines.append("  then became NaN at: " + str(self.then).replace("\n", "\n    "))
         return "\n".join(lines)
 
 
@@ -198,51 +203,8 @@ def _has_nan(tree: PyTree) -> bool:
     return False
 
 
-def _walk(jaxpr, env, start, bad, producer) -> Optional[int]:
-    """Earliest equation reached back from ``start`` along ``bad`` values whose inputs are not ``bad``.
-
-    A ``bad`` program input or constant (MuJoCo's ±inf "unlimited" ranges) ends a
-    chain without making an origin: such values are given, not produced.
-    """
-    stack, seen, origins = list(start), set(), []
-    while stack:
-        v = stack.pop()
-        i = producer.get(v)
-        if i is None or i in seen:
-            continue
-        seen.add(i)
-        bad_in = [u for u in jaxpr.eqns[i].invars if not _is_literal(u) and u in env and bad(env[u])]
-        if bad_in:
-            stack.extend(bad_in)
-        else:
-            origins.append(i)
-    return min(origins) if origins else None
-
-
-def _origin_eqn(jaxpr, env) -> Optional[int]:
-    """Index of the origin equation of the non-finite outputs of an evaluated ``jaxpr``.
-
-    First the NaN chain: the earliest equation with a NaN output and no NaN input
-    (``inf − inf``, ``0 · inf``, ``sqrt(−1)``). If its inputs hold an inf that an
-    equation produced, the inf chain is followed back to the equation whose inputs
-    were all finite (an overflow such as ``y⁻²`` at |y| = 1e-20 in float32).
-    """
-    producer = {}
-    for i, eqn in enumerate(jaxpr.eqns):
-        for v in eqn.outvars:
-            producer[v] = i
-    nonfinite = lambda x: not _all_finite(x)  # noqa: E731
-    outs = [v for v in jaxpr.outvars if not _is_literal(v)]
-    start = [v for v in outs if _has_nan(env[v])]
-    if start:
-        e = _walk(jaxpr, env, start, _has_nan, producer)
-        if e is not None:
-            infs = [u for u in jaxpr.eqns[e].invars
-                    if not _is_literal(u) and u in producer and nonfinite(env[u])]
-            o = _walk(jaxpr, env, infs, nonfinite, producer) if infs else None
-            return o if o is not None else e
-    start = [v for v in outs if nonfinite(env[v])]
-    return _walk(jaxpr, env, start, nonfinite, producer) if start else None
+def _nonfinite(tree: PyTree) -> bool:
+    return not _all_finite(tree)
 
 
 def _sub_jaxpr(eqn):
@@ -278,20 +240,90 @@ def _describe(eqn, invals, outs, path) -> Origin:
                   tuple(_summary(x) for x in invals), _n_nonfinite(outs))
 
 
-def _search(jaxpr, consts, args, path) -> Optional[Origin]:
+def _search(jaxpr, consts, args, path, targets=None) -> Optional[Origin]:
+    """Evaluate ``jaxpr`` and find the origin of its non-finite outputs (those in ``targets``).
+
+    NaN first: the earliest equation with a NaN output and no NaN input (``0 · inf``,
+    ``inf − inf``, ``sqrt(−1)``). If an inf it read was produced by an equation, the inf
+    is followed back to the equation that made it from finite inputs (an overflow such
+    as y⁻² at |y| = 1e-20 in float32); that overflow is reported, with the NaN it turned
+    into as ``then``. Sub-programs on a chain (jit, scan, while, cond, custom_jvp, ...) are
+    entered, at the loop iteration where the value first goes bad.
+    """
     env, _ = _run(jaxpr, consts, args)
-    i = _origin_eqn(jaxpr, env)
-    if i is None:
-        return None
-    eqn = jaxpr.eqns[i]
-    invals = [v.val if _is_literal(v) else env[v] for v in eqn.invars]
-    outs = [env[v] for v in eqn.outvars if v in env]
-    inner = _enter(eqn, invals, path)
-    return inner if inner is not None else _describe(eqn, invals, outs, path)
+    producer = {v: i for i, eqn in enumerate(jaxpr.eqns) for v in eqn.outvars}
+    outs = [v for k, v in enumerate(jaxpr.outvars)
+            if (targets is None or k in targets) and not _is_literal(v)]
+    nan_start = [v for v in outs if _has_nan(env[v])]
+    if nan_start:
+        found = _walk(jaxpr, env, nan_start, _has_nan, producer, path)
+        if found is not None:
+            i, nan_site = found
+            infs = [u for u in jaxpr.eqns[i].invars
+                    if not _is_literal(u) and u in producer and _nonfinite(env[u])]
+            over = _walk(jaxpr, env, infs, _nonfinite, producer, path) if infs else None
+            if over is not None and over[1] is not None:
+                return dataclasses.replace(over[1], then=nan_site)
+            return nan_site
+    start = [v for v in outs if _nonfinite(env[v])]
+    found = _walk(jaxpr, env, start, _nonfinite, producer, path) if start else None
+    return None if found is None else found[1]
 
 
-def _enter(eqn, invals, path) -> Optional[Origin]:
-    """Search inside a sub-program equation whose inputs are finite and outputs are not."""
+def _walk(jaxpr, env, start, bad, producer, path):
+    """(index, Origin) of the earliest origin reached back from ``start`` along ``bad`` values.
+
+    An equation is an origin when none of its inputs is ``bad``, or when it is a
+    sub-program inside which the ``bad`` outputs arise. A ``bad`` program input or
+    constant (MuJoCo's ±inf "unlimited" ranges) is given, not produced: a chain that
+    reaches it ends there.
+    """
+    stack, seen, found = list(start), set(), []
+    while stack:
+        v = stack.pop()
+        i = producer.get(v)
+        if i is None or i in seen:
+            continue
+        seen.add(i)
+        eqn = jaxpr.eqns[i]
+        invals = [u.val if _is_literal(u) else env[u] for u in eqn.invars]
+        outs = [env[w] for w in eqn.outvars if w in env]
+        targets = [k for k, w in enumerate(eqn.outvars) if w in env and bad(env[w])]
+        bad_in = [u for u in eqn.invars if not _is_literal(u) and u in env and bad(env[u])]
+        inner = _enter(eqn, invals, path, targets)
+        if inner is not None:
+            found.append((i, inner))
+        elif not bad_in:
+            found.append((i, _describe(eqn, invals, outs, path)))
+        else:
+            stack.extend(bad_in)
+    return min(found, key=lambda f: f[0]) if found else None
+
+
+def _closed_fn(closed):
+    return jax.jit(jcore.jaxpr_as_fun(closed))
+
+
+def _describe(eqn, invals, outs, path) -> Origin:
+    from jax._src import source_info_util
+
+    try:
+        source = source_info_util.summarize(eqn.source_info)
+    except Exception:  # noqa: BLE001 - source info is best effort
+        source = ""
+    try:
+        name_stack = str(eqn.source_info.name_stack)
+    except Exception:  # noqa: BLE001
+        name_stack = ""
+    text = " ".join(str(eqn).split())
+    if len(text) > 300:
+        text = text[:300] + " ..."
+    return Origin(eqn.primitive.name, source, name_stack, tuple(path), text,
+                  tuple(_summary(x) for x in invals), _n_nonfinite(outs))
+
+
+def _enter(eqn, invals, path, targets) -> Optional[Origin]:
+    """Search inside a sub-program equation for the origin of its outputs ``targets``; None if not one."""
     name = eqn.primitive.name
     p = eqn.params
     if name == "scan":
@@ -299,14 +331,14 @@ def _enter(eqn, invals, path) -> Optional[Origin]:
         nc, nk, length = p["num_consts"], p["num_carry"], p["length"]
         consts, carry, xs = invals[:nc], list(invals[nc:nc + nk]), invals[nc + nk:]
         fn = _closed_fn(body)
-        bad = _has_nan if not _all_finite(invals) else (lambda x: not _all_finite(x))
         order = range(length - 1, -1, -1) if p["reverse"] else range(length)
         for k in order:
             x_k = [x[k] for x in xs]
             out = fn(*consts, *carry, *x_k)
-            if bad(out):
+            hit = [j for j in targets if _nonfinite(out[j]) and not (j < nk and _nonfinite(carry[j]))]
+            if hit:
                 return _search(body.jaxpr, body.consts, [*consts, *carry, *x_k],
-                               path + [f"scan iteration {k}/{length}"])
+                               path + [f"scan iteration {k}/{length}"], hit)
             carry = list(out[:nk])
         return None
     if name == "while":
@@ -314,24 +346,24 @@ def _enter(eqn, invals, path) -> Optional[Origin]:
         cn, bn = p["cond_nconsts"], p["body_nconsts"]
         cconsts, bconsts, carry = invals[:cn], invals[cn:cn + bn], list(invals[cn + bn:])
         cond, body = _closed_fn(cj), _closed_fn(bj)
-        bad = _has_nan if not _all_finite(invals) else (lambda x: not _all_finite(x))
         for k in range(_MAX_LOOP):
             if not bool(np.asarray(cond(*cconsts, *carry)[0])):
                 return None
             out = body(*bconsts, *carry)
-            if bad(out):
-                return _search(bj.jaxpr, bj.consts, [*bconsts, *carry], path + [f"while iteration {k}"])
+            hit = [j for j in targets if _nonfinite(out[j]) and not _nonfinite(carry[j])]
+            if hit:
+                return _search(bj.jaxpr, bj.consts, [*bconsts, *carry], path + [f"while iteration {k}"], hit)
             carry = list(out)
         return None
     if name == "cond":
         branches = p["branches"]
         index = int(np.clip(np.asarray(invals[0]), 0, len(branches) - 1))
         br = branches[index]
-        return _search(br.jaxpr, br.consts, invals[1:], path + [f"cond branch {index}"])
+        return _search(br.jaxpr, br.consts, invals[1:], path + [f"cond branch {index}"], targets)
     sub = _sub_jaxpr(eqn)
-    if sub is not None and len(sub[0].invars) == len(invals):
+    if sub is not None and len(sub[0].invars) == len(invals) and len(sub[0].outvars) == len(eqn.outvars):
         label = p.get("name", "")
-        return _search(sub[0], sub[1], invals, path + [f"{name} {label}".strip()])
+        return _search(sub[0], sub[1], invals, path + [f"{name} {label}".strip()], targets)
     return None
 
 

@@ -21,8 +21,9 @@ Two drivers run an agent and give the same numbers:
 
 Helpers for agents on a differentiable env: ``TimedState`` (an env state plus its step count
 within the episode, so time limits are truncations the critic bootstraps over),
-``timed_env``, ``reset_timed`` and ``reset_where``; ``make_optimizer`` (global-norm clipping → Adam →
-scheduled learning rate, with traced rate and clip norm).
+``timed_env``, ``reset_timed`` and ``reset_where``; ``make_optimizer`` (optax: global-norm clipping → Adam →
+scheduled learning rate, the rate and clip norm injected hyper-parameters in the optimiser state) and
+``init_optimizer`` (its state with a run's traced values).
 """
 from __future__ import annotations
 
@@ -55,6 +56,13 @@ class Agent(NamedTuple):
       saved policy reproduces the run's evaluations.
     spec: JSON facts a saved policy needs: ``env`` (name), ``obs_size``, ``action_size``,
       ``episode_length``, ``eval_envs``, ``policy`` (the bundle's name).
+    actor_objective(policy_params, batch) -> J [B]: the per-sample objective whose gradient
+      the actor step of ``update`` ascends (``update`` calls this very function), so
+      diagnostics and estimator comparisons measure the gradient that is trained. None for
+      agents that do not expose it.
+    actor_batch(train_state, hparams, key) -> batch: the ``batch`` ``update(train_state,
+      hparams, key)`` differentiates ``actor_objective`` on (same key splits), e.g.
+      ``shac.ActorBatch``.
     """
 
     init: Callable[[jax.Array, Any], PyTree]
@@ -64,6 +72,8 @@ class Agent(NamedTuple):
     policy_params: Optional[Callable[[PyTree, Any], PyTree]] = None
     act: Optional[Callable[[PyTree, jax.Array], jax.Array]] = None
     spec: Optional[Dict[str, Any]] = None
+    actor_objective: Optional[Callable[[PyTree, Any], jax.Array]] = None
+    actor_batch: Optional[Callable[[PyTree, Any, jax.Array], Any]] = None
 
 
 def evaluate_policy(env, act: Callable, params: PyTree, key: jax.Array, *, num_envs: int, episode_length: int,
@@ -371,42 +381,74 @@ def _default_line(it, iterations, last, eval_return):
 
 
 # --------------------------------------------------------------------------- optimiser
-def lr_multiplier(schedule: str, count, total_steps: int):
-    """Learning-rate factor at optimiser step ``count`` of ``total_steps``: 'constant' 1,
-    'linear' 1 − count/total (SHAC's schedule), 'cosine' ½(1 + cos(π count/total))."""
-    frac = jnp.clip(jnp.asarray(count, jnp.float32) / max(total_steps, 1), 0.0, 1.0)
+def lr_schedule(schedule: str, learning_rate, total_steps: int) -> optax.Schedule:
+    """The learning rate at optimiser step k of K = ``total_steps`` as an optax schedule:
+    'constant' lr (``optax.constant_schedule``), 'linear' lr·(1 − k/K) (SHAC's,
+    ``optax.linear_schedule`` to 0), 'cosine' lr·½(1 + cos(π k/K)) (``optax.cosine_decay_schedule``);
+    k past K keeps the final value. ``learning_rate`` may be a traced array."""
+    total = max(int(total_steps), 1)
     if schedule == "constant":
-        return jnp.ones_like(frac)
+        return optax.constant_schedule(learning_rate)
     if schedule == "linear":
-        return 1.0 - frac
+        return optax.linear_schedule(learning_rate, 0.0, total)
     if schedule == "cosine":
-        return 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+        return optax.cosine_decay_schedule(learning_rate, total)
     raise ValueError(f"lr_schedule must be 'constant', 'linear' or 'cosine', got {schedule!r}")
 
 
-def make_optimizer(lr, max_grad_norm, *, total_steps: int, schedule: str = "linear",
-                   b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
-    """clip_by_global_norm(max_grad_norm) → Adam(b1, b2) → −lr · schedule(step).
+def lr_multiplier(schedule: str, count, total_steps: int):
+    """Learning-rate factor at optimiser step ``count`` of ``total_steps`` (``lr_schedule`` of a unit rate)."""
+    return jnp.asarray(lr_schedule(schedule, 1.0, total_steps)(count), jnp.float32)
 
-    ``lr`` and ``max_grad_norm`` may be traced arrays; the optimiser state's structure does
-    not depend on them, so build it inside the jitted update from the current hparams and
-    ``init`` it once with any values. ``max_grad_norm <= 0`` disables clipping.
+
+def make_optimizer(learning_rate=None, max_grad_norm=0.0, *, total_steps: int, schedule: str = "linear",
+                   b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformationExtraArgs:
+    """clip_by_global_norm(max_grad_norm) → Adam(b1, b2, eps) → −lr_schedule(learning_rate)(k).
+
+    All optax: ``optax.clip_by_global_norm``, ``optax.scale_by_adam``,
+    ``optax.scale_by_learning_rate`` of ``lr_schedule``, inside ``optax.inject_hyperparams``, so
+    ``learning_rate`` and ``max_grad_norm`` are hyper-parameters held in the optimiser state
+    (``state.hyperparams``): ``init`` stores them and ``update`` reads them from the state. An agent
+    builds its optimiser once, leaving both None/default, and sets a run's (traced, possibly
+    vmapped) values with ``init_optimizer(tx, params, learning_rate=hp.lr, ...)``; a sweep over
+    them then carries a batched learning rate in the state and compiles once.
+    ``max_grad_norm <= 0`` disables clipping (the clip norm becomes +inf). A ``learning_rate``
+    left None is NaN until set, so forgetting to set it cannot pass unnoticed.
     """
-    lr_multiplier(schedule, 0, total_steps)  # validate the name eagerly
+    lr_schedule(schedule, 1.0, total_steps)  # validate the name eagerly
 
-    def clip_update(updates, state, params=None):
-        del params
-        norm = optax.tree.norm(updates)
+    def adam_chain(learning_rate, max_grad_norm):
         limit = jnp.asarray(max_grad_norm, jnp.float32)
-        factor = jnp.where((limit > 0) & (norm > limit), limit / jnp.maximum(norm, 1e-12), 1.0)
-        return jax.tree_util.tree_map(lambda g: g * factor.astype(g.dtype), updates), state
+        return optax.chain(
+            optax.clip_by_global_norm(jnp.where(limit > 0, limit, jnp.inf)),
+            optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+            optax.scale_by_learning_rate(lr_schedule(schedule, learning_rate, total_steps)),
+        )
 
-    clip = optax.GradientTransformation(lambda params: optax.EmptyState(), clip_update)
-    return optax.chain(
-        clip,
-        optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
-        optax.scale_by_schedule(lambda count: -jnp.asarray(lr) * lr_multiplier(schedule, count, total_steps)),
-    )
+    return optax.inject_hyperparams(adam_chain)(
+        learning_rate=float("nan") if learning_rate is None else learning_rate, max_grad_norm=max_grad_norm)
+
+
+def init_optimizer(tx: optax.GradientTransformation, params: PyTree, **hyperparams) -> PyTree:
+    """``tx.init(params)`` with the injected hyper-parameters named in ``hyperparams`` (e.g.
+    ``learning_rate``, ``max_grad_norm`` of ``make_optimizer``, also inside wrappers such as
+    ``guards.skip_nonfinite``) set to the given, possibly traced, values (``optax.tree.set``), in
+    the dtype the state keeps them in (so ``lax.scan`` carries keep one type)."""
+    state = tx.init(params)
+    values = {}
+    for name, value in hyperparams.items():
+        try:
+            current = optax.tree.get(state, name)
+        except KeyError as err:
+            raise ValueError(f"init_optimizer: the optimiser state holds no single hyper-parameter {name!r} ({err})") \
+                from None
+        if current is None:
+            raise ValueError(f"init_optimizer: the optimiser state holds no hyper-parameter {name!r}")
+        value = jnp.asarray(value)
+        if value.shape != jnp.shape(current):
+            raise ValueError(f"init_optimizer: {name} must be a scalar, got shape {value.shape}")
+        values[name] = value.astype(jnp.asarray(current).dtype)
+    return optax.tree.set(state, **values)
 
 
 # --------------------------------------------------------------------------- envs with time limits
@@ -475,6 +517,7 @@ def stack_metrics(metrics: Dict[str, Any]) -> Dict[str, jax.Array]:
 
 
 __all__ = [
-    "Agent", "make_train_fn", "run", "RunProgress", "lr_multiplier", "make_optimizer",
+    "Agent", "make_train_fn", "run", "RunProgress", "lr_schedule", "lr_multiplier", "make_optimizer",
+    "init_optimizer",
     "TimedState", "timed_env", "reset_timed", "reset_where", "stack_metrics",
 ]

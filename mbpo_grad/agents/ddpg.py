@@ -20,7 +20,7 @@ The actor objective is the engine's n = 0 pathwise objective with the critic as 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar, Dict, NamedTuple, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,8 @@ from mbpo_grad import critics as C
 from mbpo_grad import exploration as X
 from mbpo_grad.agents import common
 from mbpo_grad.agents import offpolicy as OP
+from mbpo_grad.agents import hyperparams
+from mbpo_grad.agents.hyperparams import traced
 from mbpo_grad.agents.common import Agent
 from mbpo_grad.objectives import actor_q_objective
 from mbpo_grad.policies.base import Policy, as_engine_policy
@@ -38,32 +40,22 @@ from mbpo_grad.policies.deterministic import deterministic
 PyTree = Any
 
 
-class HParams(NamedTuple):
-    """Float hyper-parameters (arrays; vmappable)."""
-
-    actor_lr: jax.Array
-    critic_lr: jax.Array
-    gamma: jax.Array
-    tau: jax.Array
-    ou_theta: jax.Array
-    ou_mu: jax.Array
-    ou_sigma: jax.Array
-    ou_dt: jax.Array
-
-
+@hyperparams.derive
 @dataclasses.dataclass(frozen=True)
 class DDPGConfig(OP.OffPolicyConfig):
     """Static settings (``OffPolicyConfig``) + defaults of the float hyper-parameters."""
 
-    HPARAMS: ClassVar[Any] = HParams
-    actor_lr: float = 1e-3
-    critic_lr: float = 1e-3
-    gamma: float = 0.99
-    tau: float = 0.005
-    ou_theta: float = 0.15
-    ou_mu: float = 0.0
-    ou_sigma: float = 0.3
-    ou_dt: float = 1.0
+    actor_lr: float = traced(1e-3)
+    critic_lr: float = traced(1e-3)
+    gamma: float = traced(0.99)
+    tau: float = traced(0.005)
+    ou_theta: float = traced(0.15)
+    ou_mu: float = traced(0.0)
+    ou_sigma: float = traced(0.3)
+    ou_dt: float = traced(1.0)
+
+
+HParams = DDPGConfig.HPARAMS
 
 
 class DDPGLearner(NamedTuple):
@@ -118,10 +110,12 @@ def make_algo(config: DDPGConfig, env, policy: Optional[Policy] = None) -> OP.Of
     critic = C.q_critic(env.obs_size, env.action_size, config.critic_hidden)
     U, bs = int(config.updates_per_iteration), int(config.batch_size)
 
+    adam = OP.adam()  # built once: each state holds its learning rate (set from hp in init)
+
     def init(key, hp):
         ka, kc = jax.random.split(key)
         ap, cp = policy.init(ka), critic.init(kc)
-        return DDPGLearner(ap, cp, ap, cp, OP.adam(hp.actor_lr).init(ap), OP.adam(hp.critic_lr).init(cp))
+        return DDPGLearner(ap, cp, ap, cp, OP.adam_init(adam, ap, hp.actor_lr), OP.adam_init(adam, cp, hp.critic_lr))
 
     # The OU state is kept as the deviation X = N − μ (an OU chain with mean 0 and the same θ, σ, Δt),
     # so a fresh chain at its mean μ is X = 0 whatever μ is.
@@ -142,10 +136,10 @@ def make_algo(config: DDPGConfig, env, policy: Optional[Policy] = None) -> OP.Of
     def one_update(l: DDPGLearner, batch, hp):
         y = q_targets(policy, critic.apply, l.actor_target, l.critic_target, batch, hp.gamma)
         c_loss, g = jax.value_and_grad(lambda p: C.q_loss(critic, p, batch["obs"], batch["action"], y))(l.critic)
-        upd, c_opt = OP.adam(hp.critic_lr).update(g, l.critic_opt, l.critic)
+        upd, c_opt = adam.update(g, l.critic_opt, l.critic)
         cp = optax.apply_updates(l.critic, upd)
         a_loss, g = jax.value_and_grad(lambda p: dpg_actor_loss(policy, critic.apply, p, cp, batch["obs"]))(l.actor)
-        upd, a_opt = OP.adam(hp.actor_lr).update(g, l.actor_opt, l.actor)
+        upd, a_opt = adam.update(g, l.actor_opt, l.actor)
         ap = optax.apply_updates(l.actor, upd)
         l = DDPGLearner(ap, cp, C.polyak(l.actor_target, ap, hp.tau), C.polyak(l.critic_target, cp, hp.tau),
                         a_opt, c_opt)

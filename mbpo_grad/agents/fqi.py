@@ -28,7 +28,7 @@ mean (Q(s, a) − y)²; (amortised) add this fit's last (s', a*) batch to the wi
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar, NamedTuple, Optional, Tuple
+from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +40,8 @@ from mbpo_grad import exploration as X
 from mbpo_grad import replay
 from mbpo_grad.agents import common
 from mbpo_grad.agents import offpolicy as OP
+from mbpo_grad.agents import hyperparams
+from mbpo_grad.agents.hyperparams import traced
 from mbpo_grad.agents.common import Agent
 from mbpo_grad.nn import mlp
 
@@ -108,15 +110,7 @@ def fqi_targets(q: Callable[[jax.Array, jax.Array], jax.Array], batch, starts: j
 
 
 # --------------------------------------------------------------------------- agent
-class HParams(NamedTuple):
-    critic_lr: jax.Array
-    policy_lr: jax.Array
-    gamma: jax.Array
-    explore_noise: jax.Array
-    inner_step_size: jax.Array
-    inner_decay: jax.Array
-
-
+@hyperparams.derive
 @dataclasses.dataclass(frozen=True)
 class FQIConfig(OP.OffPolicyConfig):
     """``OffPolicyConfig`` + fitted-Q schedule + the embedded optimiser + amortisation.
@@ -128,7 +122,6 @@ class FQIConfig(OP.OffPolicyConfig):
     regression steps per fit) and act with it.
     """
 
-    HPARAMS: ClassVar[Any] = HParams
     updates_per_iteration: int = 0
     q_iterations: int = 2
     q_steps: int = 25
@@ -137,12 +130,15 @@ class FQIConfig(OP.OffPolicyConfig):
     amortized: bool = False
     window: int = 8
     policy_steps: int = 25
-    critic_lr: float = 1e-3
-    policy_lr: float = 1e-3
-    gamma: float = 0.99
-    explore_noise: float = 0.2
-    inner_step_size: float = 0.5
-    inner_decay: float = 0.8
+    critic_lr: float = traced(1e-3)
+    policy_lr: float = traced(1e-3)
+    gamma: float = traced(0.99)
+    explore_noise: float = traced(0.2)
+    inner_step_size: float = traced(0.5)
+    inner_decay: float = traced(0.8)
+
+
+HParams = FQIConfig.HPARAMS
 
 
 class FQILearner(NamedTuple):
@@ -225,11 +221,13 @@ def make_algo(config: FQIConfig, env) -> OP.OffPolicyAlgo:
         return jax.vmap(lambda o, s: maximize_q(lambda a: critic.apply(cp, o, a), s, steps=T,
                                                 step_size=hp.inner_step_size, decay=hp.inner_decay))(obs, starts)
 
+    adam = OP.adam()  # built once: each state holds its learning rate (set from hp in init)
+
     def init(key, hp):
         kc, kp = jax.random.split(key)
         cp, pp = critic.init(kc), net.init(kp)
         win = replay.init(int(config.window) * bs, {"obs": jnp.zeros((env.obs_size,)), "action": jnp.zeros((m,))})
-        return FQILearner(cp, OP.adam(hp.critic_lr).init(cp), pp, OP.adam(hp.policy_lr).init(pp), win)
+        return FQILearner(cp, OP.adam_init(adam, cp, hp.critic_lr), pp, OP.adam_init(adam, pp, hp.policy_lr), win)
 
     def explore_init(n):
         return ()
@@ -260,7 +258,7 @@ def make_algo(config: FQIConfig, env) -> OP.OffPolicyAlgo:
                                     random_starts(l.policy, batch["next_obs"], k), hp.gamma, steps=T,
                                     step_size=hp.inner_step_size, decay=hp.inner_decay)
             loss, g = jax.value_and_grad(lambda p: C.q_loss(critic, p, batch["obs"], batch["action"], y))(cp)
-            upd, c_opt = OP.adam(hp.critic_lr).update(g, c_opt, cp)
+            upd, c_opt = adam.update(g, c_opt, cp)
             return (optax.apply_updates(cp, upd), c_opt), (loss, a_star)
 
         (cp, c_opt), (losses, a_stars) = jax.lax.scan(q_step, (l.critic, l.critic_opt),
@@ -275,7 +273,7 @@ def make_algo(config: FQIConfig, env) -> OP.OffPolicyAlgo:
                 loss, g = jax.value_and_grad(
                     lambda p: jnp.mean(jnp.sum((jax.vmap(lambda o: pi(p, o))(pairs["obs"]) - pairs["action"]) ** 2,
                                                -1)))(pp)
-                upd, p_opt = OP.adam(hp.policy_lr).update(g, p_opt, pp)
+                upd, p_opt = adam.update(g, p_opt, pp)
                 return (optax.apply_updates(pp, upd), p_opt), loss
 
             (pp, p_opt), p_losses = jax.lax.scan(

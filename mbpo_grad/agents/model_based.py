@@ -58,7 +58,7 @@ for the critic's real-data targets, and time limits are truncations (bootstrappe
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -70,6 +70,8 @@ from mbpo_grad import replay
 from mbpo_grad import validation as V
 from mbpo_grad.agents import common
 from mbpo_grad.agents import offpolicy as OP
+from mbpo_grad.agents import hyperparams
+from mbpo_grad.agents.hyperparams import traced
 from mbpo_grad.agents.common import Agent
 from mbpo_grad.models.ensemble import GaussianEnsemble, ModelParams, gaussian_ensemble
 from mbpo_grad.objectives import pathwise_returns
@@ -80,20 +82,7 @@ from mbpo_grad.svg import soft_rollout
 PyTree = Any
 
 
-class HParams(NamedTuple):
-    """Float hyper-parameters, as arrays (vmappable without recompiling)."""
-
-    actor_lr: jax.Array
-    critic_lr: jax.Array
-    gamma: jax.Array
-    lam: jax.Array
-    tau: jax.Array
-    alpha: jax.Array          # entropy temperature (used only with ``entropy=True``)
-    real_ratio: jax.Array     # weight of the real-data TD loss in the critic loss, in [0, 1]
-    max_grad_norm: jax.Array  # actor gradient clipping (<= 0: none)
-    explore_std: jax.Array    # Gaussian action noise of a deterministic policy while collecting
-
-
+@hyperparams.derive
 @dataclasses.dataclass(frozen=True)
 class ModelBasedConfig(OP.OffPolicyConfig):
     """``OffPolicyConfig`` (collection, buffer, warm-up, evaluation) + model and SVG(n) settings.
@@ -108,7 +97,6 @@ class ModelBasedConfig(OP.OffPolicyConfig):
     ``entropy``: add −α log π to rewards and targets (needs a policy with ``log_prob``).
     """
 
-    HPARAMS: ClassVar[Any] = HParams
     env: str = "pendulum"
     num_envs: int = 4
     iterations: int = 30
@@ -132,15 +120,18 @@ class ModelBasedConfig(OP.OffPolicyConfig):
     obs_norm: bool = True
     entropy: bool = False
     # float hyper-parameters (defaults for HParams)
-    actor_lr: float = 1e-3
-    critic_lr: float = 1e-3
-    gamma: float = 0.99
-    lam: float = 0.95
-    tau: float = 0.05
-    alpha: float = 0.0
-    real_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    explore_std: float = 0.3
+    actor_lr: float = traced(1e-3)
+    critic_lr: float = traced(1e-3)
+    gamma: float = traced(0.99)
+    lam: float = traced(0.95)
+    tau: float = traced(0.05)
+    alpha: float = traced(0.0)
+    real_ratio: float = traced(0.1)
+    max_grad_norm: float = traced(1.0)
+    explore_std: float = traced(0.3)
+
+
+HParams = ModelBasedConfig.HPARAMS
 
 
 class MBLearner(NamedTuple):
@@ -263,11 +254,9 @@ def make_algo(config: ModelBasedConfig, env, policy: Optional[Policy] = None,
     noise_shape = tuple(policy.noise_shape)
     stochastic = noise_shape != (0,)
 
-    def actor_opt(hp):
-        return common.make_optimizer(hp.actor_lr, hp.max_grad_norm, total_steps=1, schedule="constant")
-
-    def critic_opt(hp):
-        return OP.adam(hp.critic_lr)
+    # Built once: learning rates and clip norm live in the optimiser states, set in ``init``.
+    actor_opt = common.make_optimizer(total_steps=1, schedule="constant")
+    critic_opt = OP.adam()
 
     def norm(stats, obs):
         return N.normalize(stats, obs) if config.obs_norm else obs
@@ -275,7 +264,8 @@ def make_algo(config: ModelBasedConfig, env, policy: Optional[Policy] = None,
     def init(key, hp):
         k_m, k_p, k_c = jax.random.split(key, 3)
         mp, pp, cp = model.init(k_m), policy.init(k_p), critic.init(k_c)
-        return MBLearner(mp, pp, cp, cp, actor_opt(hp).init(pp), critic_opt(hp).init(cp), N.init(obs_dim))
+        a_opt = common.init_optimizer(actor_opt, pp, learning_rate=hp.actor_lr, max_grad_norm=hp.max_grad_norm)
+        return MBLearner(mp, pp, cp, cp, a_opt, OP.adam_init(critic_opt, cp, hp.critic_lr), N.init(obs_dim))
 
     def explore_init(num_envs):
         return ()
@@ -334,7 +324,7 @@ def make_algo(config: ModelBasedConfig, env, policy: Optional[Policy] = None,
 
         (a_loss, (traj, rets)), g = jax.value_and_grad(actor_loss, has_aux=True)(l.policy)
         grad_norm = optax.global_norm(g)
-        upd, a_opt = actor_opt(hp).update(g, l.actor_opt, l.policy)
+        upd, a_opt = actor_opt.update(g, l.actor_opt, l.policy)
         pp = optax.apply_updates(l.policy, upd)
         traj = jax.lax.stop_gradient(traj)
 
@@ -364,7 +354,7 @@ def make_algo(config: ModelBasedConfig, env, policy: Optional[Policy] = None,
         y_real = r_real + hp.gamma * real["discount"] * v_next
         xn_model = jax.vmap(lambda o: norm(stats, o))(x_model)
         xn_real = jax.vmap(lambda o: norm(stats, o))(real["obs"])
-        opt = critic_opt(hp)
+        opt = critic_opt
 
         def c_loss_fn(cp):
             lm = C.v_loss(critic, cp, xn_model, y_model, w_model)

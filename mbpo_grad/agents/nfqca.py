@@ -22,7 +22,7 @@ growing-batch NFQCA; ``collect_iterations = k`` stops collecting after k iterati
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,8 @@ import optax
 from mbpo_grad import critics as C
 from mbpo_grad import exploration as X
 from mbpo_grad.agents import offpolicy as OP
+from mbpo_grad.agents import hyperparams
+from mbpo_grad.agents.hyperparams import traced
 from mbpo_grad.agents.common import Agent
 from mbpo_grad.agents.ddpg import _policy_for, dpg_actor_loss, q_targets
 from mbpo_grad.policies.base import Policy
@@ -39,13 +41,7 @@ from mbpo_grad.policies.deterministic import deterministic
 PyTree = Any
 
 
-class HParams(NamedTuple):
-    actor_lr: jax.Array
-    critic_lr: jax.Array
-    gamma: jax.Array
-    explore_noise: jax.Array
-
-
+@hyperparams.derive
 @dataclasses.dataclass(frozen=True)
 class NFQCAConfig(OP.OffPolicyConfig):
     """``OffPolicyConfig`` + the fitted-Q schedule.
@@ -55,15 +51,17 @@ class NFQCAConfig(OP.OffPolicyConfig):
     iteration (``updates_per_iteration`` is unused).
     """
 
-    HPARAMS: ClassVar[Any] = HParams
     updates_per_iteration: int = 0
     q_iterations: int = 4
     q_steps: int = 50
     actor_steps: int = 50
-    actor_lr: float = 1e-3
-    critic_lr: float = 1e-3
-    gamma: float = 0.99
-    explore_noise: float = 0.2
+    actor_lr: float = traced(1e-3)
+    critic_lr: float = traced(1e-3)
+    gamma: float = traced(0.99)
+    explore_noise: float = traced(0.2)
+
+
+HParams = NFQCAConfig.HPARAMS
 
 
 class NFQCALearner(NamedTuple):
@@ -92,10 +90,12 @@ def make_algo(config: NFQCAConfig, env, policy: Optional[Policy] = None) -> OP.O
     bs, K = int(config.batch_size), int(config.q_iterations)
     n_q, n_a = int(config.q_steps), int(config.actor_steps)
 
+    adam = OP.adam()  # built once: each state holds its learning rate (set from hp in init)
+
     def init(key, hp):
         ka, kc = jax.random.split(key)
         ap, cp = policy.init(ka), critic.init(kc)
-        return NFQCALearner(ap, cp, OP.adam(hp.actor_lr).init(ap), OP.adam(hp.critic_lr).init(cp))
+        return NFQCALearner(ap, cp, OP.adam_init(adam, ap, hp.actor_lr), OP.adam_init(adam, cp, hp.critic_lr))
 
     def explore_init(n):
         return ()
@@ -117,7 +117,7 @@ def make_algo(config: NFQCAConfig, env, policy: Optional[Policy] = None) -> OP.O
             cp, c_opt = carry
             y = q_targets(policy, critic.apply, frozen_actor, frozen_critic, batch, hp.gamma)
             loss, g = jax.value_and_grad(lambda p: C.q_loss(critic, p, batch["obs"], batch["action"], y))(cp)
-            upd, c_opt = OP.adam(hp.critic_lr).update(g, c_opt, cp)
+            upd, c_opt = adam.update(g, c_opt, cp)
             return (optax.apply_updates(cp, upd), c_opt), loss
 
         (cp, c_opt), q_losses = jax.lax.scan(q_step, (l.critic, l.critic_opt), OP.sample_batches(buf, k_q, n_q, bs))
@@ -125,7 +125,7 @@ def make_algo(config: NFQCAConfig, env, policy: Optional[Policy] = None) -> OP.O
         def a_step(carry, batch):
             ap, a_opt = carry
             loss, g = jax.value_and_grad(lambda p: dpg_actor_loss(policy, critic.apply, p, cp, batch["obs"]))(ap)
-            upd, a_opt = OP.adam(hp.actor_lr).update(g, a_opt, ap)
+            upd, a_opt = adam.update(g, a_opt, ap)
             return (optax.apply_updates(ap, upd), a_opt), loss
 
         ap, a_opt, a_loss = l.actor, l.actor_opt, jnp.zeros(())

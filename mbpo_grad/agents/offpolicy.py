@@ -24,14 +24,14 @@ over, float hyper-parameters arrive as the traced ``hp`` NamedTuple.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mbpo_grad import replay
-from mbpo_grad.agents import common, driver
+from mbpo_grad.agents import common, driver, hyperparams
 from mbpo_grad.agents.common import Agent, TimedState
 from mbpo_grad.objectives import batched_unroll
 
@@ -85,7 +85,7 @@ def float32_obs(eval_act):
 
 
 @dataclasses.dataclass(frozen=True)
-class OffPolicyConfig:
+class OffPolicyConfig(hyperparams.Config):
     """Static settings shared by the replay-based agents (subclassed per agent).
 
     num_envs × steps_per_iteration transitions are collected per iteration; the first
@@ -110,19 +110,6 @@ class OffPolicyConfig:
     eval_every: int = 50
     eval_envs: int = 16
     collect_iterations: Optional[int] = None
-
-    HPARAMS: ClassVar[Any] = None  # the agent's HParams NamedTuple class
-
-    def hparams(self, **overrides):
-        """The float hyper-parameters as float32 arrays (``overrides`` replace fields)."""
-        cls = type(self).HPARAMS
-        vals = {f: overrides.pop(f, getattr(self, f)) for f in cls._fields}
-        if overrides:
-            raise TypeError(f"hparams: unknown hyper-parameter(s) {sorted(overrides)}; expected {cls._fields}")
-        return cls(**{k: jnp.asarray(v, jnp.float32) for k, v in vals.items()})
-
-    def replace(self, **kw):
-        return dataclasses.replace(self, **kw)
 
     @property
     def env_steps_per_iteration(self) -> int:
@@ -376,11 +363,18 @@ def make_train_fn(agent: Agent, config: OffPolicyConfig):
     return common.make_train_fn(agent, config.iterations, config.eval_every)
 
 
-def adam(lr, max_grad_norm=0.0):
-    """Adam with a traced learning rate (constant schedule), optional global-norm clipping."""
+def adam(lr=None, max_grad_norm=0.0):
+    """Adam (constant schedule), optional global-norm clipping: ``common.make_optimizer``, whose
+    learning rate and clip norm live in the optimiser state. Build it once per agent and set a
+    run's traced values with ``adam_init``."""
     return common.make_optimizer(lr, max_grad_norm, total_steps=1, schedule="constant")
+
+
+def adam_init(opt, params, lr):
+    """``opt``'s state for ``params`` with learning rate ``lr`` (traced; ``common.init_optimizer``)."""
+    return common.init_optimizer(opt, params, learning_rate=lr)
 
 
 __all__ = ["OffPolicyAlgo", "OffPolicyConfig", "OffPolicyState", "make_agent", "run", "validate", "actor_policy",
            "float32_obs", "describe_fn", "train", "make_train_fn", "checked_hparams",
-           "sample_batches", "transition_example", "check_hparams", "adam", "make_env"]
+           "sample_batches", "transition_example", "check_hparams", "adam", "adam_init", "make_env"]

@@ -20,7 +20,7 @@ Evaluation acts with ε = None (the Gaussian's mode tanh(μ)).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar, Dict, NamedTuple, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,8 @@ from mbpo_grad import critics as C
 from mbpo_grad import trust_region as TR
 from mbpo_grad.agents import common
 from mbpo_grad.agents import offpolicy as OP
+from mbpo_grad.agents import hyperparams
+from mbpo_grad.agents.hyperparams import traced
 from mbpo_grad.agents.common import Agent
 from mbpo_grad.objectives import actor_q_objective
 from mbpo_grad.policies.base import Policy, sample_and_log_prob
@@ -39,17 +41,7 @@ from mbpo_grad.svg import temperature_loss
 PyTree = Any
 
 
-class HParams(NamedTuple):
-    actor_lr: jax.Array
-    critic_lr: jax.Array
-    alpha_lr: jax.Array
-    gamma: jax.Array
-    tau: jax.Array
-    init_alpha: jax.Array
-    target_entropy: jax.Array   # H̄ per action dimension (the target is target_entropy · act_dim)
-    kl_radius: jax.Array        # initial KL radius (trust_region=True only)
-
-
+@hyperparams.derive
 @dataclasses.dataclass(frozen=True)
 class SACConfig(OP.OffPolicyConfig):
     """``OffPolicyConfig`` + SAC switches + float hyper-parameter defaults.
@@ -58,17 +50,19 @@ class SACConfig(OP.OffPolicyConfig):
     trust_region: actor steps by ``mbpo_grad.trust_region.step`` (KL radius ``kl_radius``).
     """
 
-    HPARAMS: ClassVar[Any] = HParams
     learn_alpha: bool = True
     trust_region: bool = False
-    actor_lr: float = 1e-3
-    critic_lr: float = 1e-3
-    alpha_lr: float = 1e-3
-    gamma: float = 0.99
-    tau: float = 0.005
-    init_alpha: float = 0.2
-    target_entropy: float = -1.0
-    kl_radius: float = 0.01
+    actor_lr: float = traced(1e-3)
+    critic_lr: float = traced(1e-3)
+    alpha_lr: float = traced(1e-3)
+    gamma: float = traced(0.99)
+    tau: float = traced(0.005)
+    init_alpha: float = traced(0.2)
+    target_entropy: float = traced(-1.0)
+    kl_radius: float = traced(0.01)
+
+
+HParams = SACConfig.HPARAMS
 
 
 class SACLearner(NamedTuple):
@@ -139,12 +133,14 @@ def make_algo(config: SACConfig, env, policy: Optional[Policy] = None) -> OP.Off
     noise_shape = tuple(policy.noise_shape)
     act_dim = env.action_size
 
+    adam = OP.adam()  # built once: each state holds its learning rate (set from hp in init)
+
     def init(key, hp):
         ka, kc = jax.random.split(key)
         ap, cp = policy.init(ka), twin.init(kc)
         la = jnp.log(jnp.maximum(hp.init_alpha, 1e-30)).astype(jnp.float32)
-        return SACLearner(ap, cp, cp, la, OP.adam(hp.actor_lr).init(ap), OP.adam(hp.critic_lr).init(cp),
-                          OP.adam(hp.alpha_lr).init(la), TR.init(hp.kl_radius))
+        return SACLearner(ap, cp, cp, la, OP.adam_init(adam, ap, hp.actor_lr), OP.adam_init(adam, cp, hp.critic_lr),
+                          OP.adam_init(adam, la, hp.alpha_lr), TR.init(hp.kl_radius))
 
     def explore_init(n):
         return ()
@@ -168,7 +164,7 @@ def make_algo(config: SACConfig, env, policy: Optional[Policy] = None) -> OP.Off
         y = soft_targets(policy, twin, l.actor, l.critic_target, batch,
                          jax.random.normal(k_t, (bs,) + noise_shape), alpha, hp.gamma)
         c_loss, g = jax.value_and_grad(lambda p: C.q_loss(twin, p, batch["obs"], batch["action"], y))(l.critic)
-        upd, c_opt = OP.adam(hp.critic_lr).update(g, l.critic_opt, l.critic)
+        upd, c_opt = adam.update(g, l.critic_opt, l.critic)
         cp = optax.apply_updates(l.critic, upd)
 
         eps = jax.random.normal(k_a, (bs,) + noise_shape)
@@ -191,7 +187,7 @@ def make_algo(config: SACConfig, env, policy: Optional[Policy] = None) -> OP.Off
                           "tr_radius": info.new_radius}
         else:
             a_loss, g = jax.value_and_grad(loss)(l.actor)
-            upd, a_opt = OP.adam(hp.actor_lr).update(g, l.actor_opt, l.actor)
+            upd, a_opt = adam.update(g, l.actor_opt, l.actor)
             ap = optax.apply_updates(l.actor, upd)
             tr = l.tr
 
@@ -200,7 +196,7 @@ def make_algo(config: SACConfig, env, policy: Optional[Policy] = None) -> OP.Off
             _, lp = jax.vmap(lambda o, e: sample_and_log_prob(policy, ap, o, e))(obs, eps)
             H = hp.target_entropy * act_dim
             g = jax.grad(temperature_loss)(l.log_alpha, lp, H)
-            upd, al_opt = OP.adam(hp.alpha_lr).update(g, l.alpha_opt, l.log_alpha)
+            upd, al_opt = adam.update(g, l.alpha_opt, l.log_alpha)
             la = optax.apply_updates(l.log_alpha, upd)
         l = SACLearner(ap, cp, C.polyak(l.critic_target, cp, hp.tau), la, a_opt, c_opt, al_opt, tr)
         return l, {"critic_loss": c_loss, "actor_loss": a_loss, "alpha": alpha, "q_mean": jnp.mean(y),

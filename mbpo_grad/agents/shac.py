@@ -12,6 +12,10 @@ One iteration, for ``num_envs`` environments stepped in parallel (``vmap``):
    γ^k V'(s_k) at the cut (``timed_env`` marks the limit as ``done`` so the engine stops the
    rewards and the gradient path there). Gradients are clipped to a global norm before
    Adam; the learning rate follows a schedule (linear decay to 0 by default, as in SHAC).
+   The per-env J_b is ``Agent.actor_objective(policy_params, batch)`` on the ``ActorBatch``
+   ``Agent.actor_batch(state, hp, key)`` (start states, noise, observation statistics, target
+   critic): ``update`` differentiates that very function, and so do diagnostics
+   (``per_env_grads``; the gradient statistics of ``experiments.compare_unroll_lengths``).
 2. targets — TD(λ) targets from the window's (stop-gradient) rewards and target-critic
    values (``critics.td_lambda_targets``).
 3. critic step — ``critic_iterations`` epochs of shuffled minibatch regression of V on
@@ -65,7 +69,8 @@ from mbpo_grad import checkpoint as ckpt
 from mbpo_grad import critics as C
 from mbpo_grad import guards
 from mbpo_grad import normalizer as N
-from mbpo_grad.agents import common, driver
+from mbpo_grad.agents import common, driver, hyperparams
+from mbpo_grad.agents.hyperparams import traced
 from mbpo_grad.agents.common import Agent, TimedState
 from mbpo_grad.objectives import batched_unroll, pathwise_returns
 from mbpo_grad.rollout import gate_gradient
@@ -78,19 +83,9 @@ LR_SCHEDULES = ("constant", "linear", "cosine")
 GUARDS = ("per_env", "batch")
 
 
-class HParams(NamedTuple):
-    """Float hyper-parameters, as arrays (vmappable without recompiling)."""
-
-    actor_lr: jax.Array
-    critic_lr: jax.Array
-    gamma: jax.Array
-    lam: jax.Array
-    tau: jax.Array
-    max_grad_norm: jax.Array
-
-
+@hyperparams.derive
 @dataclasses.dataclass(frozen=True)
-class SHACConfig:
+class SHACConfig(hyperparams.Config):
     """Static configuration (+ defaults for the float hyper-parameters, see ``hparams()``).
 
     horizon: the window n (``use_critic=False`` and ``horizon = episode_length`` is BPO).
@@ -150,22 +145,16 @@ class SHACConfig:
     skip_threshold: float = 0.5
     x64: bool = False
     # float hyper-parameters (defaults for HParams)
-    actor_lr: float = 1e-2
-    critic_lr: float = 1e-3
-    gamma: float = 0.99
-    lam: float = 0.95
-    tau: float = 0.8
-    max_grad_norm: float = 1.0
+    actor_lr: float = traced(1e-2)
+    critic_lr: float = traced(1e-3)
+    gamma: float = traced(0.99)
+    lam: float = traced(0.95)
+    tau: float = traced(0.8)
+    max_grad_norm: float = traced(1.0)
 
-    def hparams(self, **overrides) -> HParams:
-        """The float hyper-parameters as float32 arrays (``overrides`` replace fields)."""
-        vals = {f: overrides.pop(f, getattr(self, f)) for f in HParams._fields}
-        if overrides:
-            raise TypeError(f"hparams: unknown hyper-parameter(s) {sorted(overrides)}; expected {HParams._fields}")
-        return HParams(**{k: jnp.asarray(v, jnp.float32) for k, v in vals.items()})
 
-    def replace(self, **kw) -> "SHACConfig":
-        return dataclasses.replace(self, **kw)
+
+HParams = SHACConfig.HPARAMS
 
 
 def bpo_config(env: str = "cartpole", **kw) -> SHACConfig:
@@ -190,6 +179,54 @@ class SHACState(NamedTuple):
     finished: jax.Array        # [B] bool: has finished an episode
     env_steps: jax.Array       # int: environment transitions taken (live steps only)
     iteration: jax.Array
+
+
+class ActorBatch(NamedTuple):
+    """What one actor step differentiates on: ``Agent.actor_objective(policy_params, batch)``.
+
+    env_state: ``TimedState`` [B] — the envs' window start states s_0 (episode step ``t`` inside).
+    policy_noise: [n+1, B, *policy.noise_shape] ε of a stochastic policy, or None.
+    dynamics_noise: [n, B, *env.noise_shape] ξ of a noisy env, or None.
+    obs_stats: the observation normaliser's ``RunningStats`` (held fixed in the window).
+    target_params: the target critic V' (bootstrap at the window end and at truncations).
+    gamma: the discount γ (a traced hyper-parameter).
+
+    ``Agent.actor_batch(state, hp, key)`` builds it with ``update``'s own key splits. Env b's
+    inputs sit on axis ``axes()`` of each field; ``singletons()`` makes that axis B one-env
+    batches (``vmap`` over ``axes()`` of it hands one env's ``ActorBatch`` with B = 1).
+    """
+
+    env_state: TimedState
+    policy_noise: Optional[jax.Array]
+    dynamics_noise: Optional[jax.Array]
+    obs_stats: N.RunningStats
+    target_params: PyTree
+    gamma: jax.Array
+
+    def axes(self) -> "ActorBatch":
+        """``vmap`` in_axes of the env axis per field (None: shared by every env)."""
+        return ActorBatch(0, None if self.policy_noise is None else 1, None if self.dynamics_noise is None else 1,
+                          None, None, None)
+
+    def singletons(self) -> "ActorBatch":
+        """The batch with a size-1 env axis inserted after each env axis (for per-env ``vmap``)."""
+        grow = lambda tree, ax: None if tree is None else jax.tree_util.tree_map(
+            lambda x: jnp.expand_dims(x, ax + 1), tree)
+        return self._replace(env_state=grow(self.env_state, 0), policy_noise=grow(self.policy_noise, 1),
+                             dynamics_noise=grow(self.dynamics_noise, 1))
+
+
+def per_env_grads(actor_objective, policy_params: PyTree, batch: ActorBatch) -> Tuple[jax.Array, PyTree]:
+    """(J [B], ∇_θ J_b with a leading axis B): each env's objective and its own gradient.
+
+    ``vmap`` over envs of ``value_and_grad`` of ``actor_objective`` on a one-env batch: one
+    backward pass per env (memory B × |θ|), the gradients ``update``'s per-env guard averages
+    (it descends −J_b / n). Used by diagnostics (``experiments.compare_unroll_lengths``).
+    """
+    def one(pp, one_env):
+        return actor_objective(pp, one_env)[0]
+
+    return jax.vmap(jax.value_and_grad(one), in_axes=(None, batch.axes()))(policy_params, batch.singletons())
 
 
 # --------------------------------------------------------------------------- validation
@@ -295,18 +332,17 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
     per_env = config.guard == "per_env"
     skip_norm = float(config.max_grad_norm_to_skip)
 
-    def actor_opt(hp):
-        return guards.skip_nonfinite(
-            common.make_optimizer(hp.actor_lr, hp.max_grad_norm, total_steps=config.iterations,
-                                  schedule=config.lr_schedule, b1=config.adam_b1, b2=config.adam_b2),
-            max_grad_norm_to_skip=skip_norm)
-
-    def critic_opt(hp):
-        # SHAC clips only the actor's gradient; the critic's lr follows the same schedule.
-        # A non-finite critic gradient (it should not happen: bad envs are weighted out) is skipped.
-        return guards.skip_nonfinite(
-            common.make_optimizer(hp.critic_lr, 0.0, total_steps=config.iterations * critic_steps,
-                                  schedule=config.lr_schedule, b1=config.adam_b1, b2=config.adam_b2))
+    # Built once: the learning rates and the clip norm are hyper-parameters in the optimiser
+    # states (optax.inject_hyperparams), set from the run's hparams in ``init``.
+    actor_opt = guards.skip_nonfinite(
+        common.make_optimizer(total_steps=config.iterations, schedule=config.lr_schedule,
+                              b1=config.adam_b1, b2=config.adam_b2),
+        max_grad_norm_to_skip=skip_norm)
+    # SHAC clips only the actor's gradient; the critic's lr follows the same schedule.
+    # A non-finite critic gradient (it should not happen: bad envs are weighted out) is skipped.
+    critic_opt = guards.skip_nonfinite(
+        common.make_optimizer(total_steps=config.iterations * critic_steps, schedule=config.lr_schedule,
+                              b1=config.adam_b1, b2=config.adam_b2))
 
     def observe(stats, ts):
         obs = env.observe(ts.env_state)
@@ -325,58 +361,86 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
             ts = ts._replace(t=(jnp.arange(B) * episode_length // B).astype(jnp.int32))
         zeros = jnp.zeros((B,), fdtype)
         return SHACState(
-            pp, cp, cp, actor_opt(hp).init(pp), critic_opt(hp).init(cp), N.init(env.obs_size, fdtype), ts,
+            pp, cp, cp, common.init_optimizer(actor_opt, pp, learning_rate=hp.actor_lr, max_grad_norm=hp.max_grad_norm),
+            common.init_optimizer(critic_opt, cp, learning_rate=hp.critic_lr), N.init(env.obs_size, fdtype), ts,
             zeros, zeros, jnp.zeros((B,), bool), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
         )
 
-    def update(state: SHACState, hp: HParams, key):
-        k_eps, k_xi, k_crit, k_reset = jax.random.split(key, 4)
-        stats = state.obs_stats
+    def value(stats, params, ts):
+        return critic.apply(params, observe(stats, ts))
+
+    def env_window(pp, ts0, eps, xi, stats, target_params, gamma):
+        """One env's window (no batch axis): (J, its trajectory); see ``actor_objective``."""
+        def pi(params, ts, e):
+            return policy.sample(params, observe(stats, ts), e)
+
+        bootstrap = (lambda ts, a: value(stats, target_params, ts)) if config.use_critic else None
+        one = lambda tree, axis: None if tree is None else jax.tree_util.tree_map(
+            lambda x: jnp.expand_dims(x, axis), tree)
+        rets, traj = pathwise_returns(
+            pi, pp, step, reward, one(ts0, 0), horizon=n, gamma=gamma, bootstrap=bootstrap,
+            policy_noise=one(eps, 1), dynamics_noise=one(xi, 1), done=done, remat=config.remat,
+        )
+        ret, traj = rets[0], jax.tree_util.tree_map(lambda x: x[0], traj)
+        if config.use_critic:
+            # Time-limit truncations inside the window: + γ^k V'(s_k) at the cut (k = 1..n).
+            term = jax.vmap(terminal)(traj.states).astype(traj.alive.dtype)
+            cut = traj.alive[:-1] * (1.0 - traj.alive[1:]) * (1.0 - term[1:])
+            # Only the cut state's V is read: the others get stop-gradient inputs and are
+            # selected away (a "double where", as in the engine), so a critic that is
+            # non-finite at a true terminal state cannot reach the gradient as 0 · NaN.
+            cut_states = gate_gradient(cut > 0, jax.tree_util.tree_map(lambda x: x[1:], traj.states))
+            v_cut = jax.vmap(lambda s: value(stats, target_params, s))(cut_states)
+            disc = gamma ** jnp.arange(1, n + 1, dtype=v_cut.dtype)
+            ret = ret + jnp.sum(jnp.where(cut > 0, disc * v_cut, 0.0))
+        return ret, traj
+
+    def actor_objective(pp, batch: ActorBatch, return_traj: bool = False):
+        """J_b [B], the per-env window objective the actor step ascends (loss −mean_b J_b / n):
+
+            J_b = Σ_{t<k_b} γ^t r_t + γ^{k_b} V'(s_{k_b}) · [the window did not end in a terminal state],
+
+        k_b = n, or the step at which env b's episode ended inside the window (a time limit
+        is a truncation: bootstrapped with V'; a terminal state is not); V' the target critic
+        on observations normalised with ``batch.obs_stats`` (no V' term with
+        ``use_critic=False``). Pure in ``pp``: differentiate it (``per_env_grads`` for each
+        env's own gradient). ``return_traj=True`` also returns the engine's ``Trajectory``
+        ([B, ...]). Any env count B works (``batch`` fixes it).
+        """
+        ax = batch.axes()
+        rets, traj = jax.vmap(env_window, in_axes=(None, ax.env_state, ax.policy_noise, ax.dynamics_noise,
+                                                   None, None, None))(
+            pp, batch.env_state, batch.policy_noise, batch.dynamics_noise, batch.obs_stats, batch.target_params,
+            batch.gamma)
+        return (rets, traj) if return_traj else rets
+
+    def actor_batch(state: SHACState, hp: HParams, key) -> ActorBatch:
+        """The actor step's ``ActorBatch`` for ``state`` and an iteration key (``update``'s own key
+        splits: ``update(state, hp, key)`` differentiates ``actor_objective`` on exactly this)."""
+        k_eps, k_xi, _, _ = jax.random.split(key, 4)
         policy_noise = None
         if stochastic:
             policy_noise = jax.random.normal(k_eps, (n + 1, B) + tuple(policy.noise_shape), fdtype)
         dynamics_noise = jax.random.normal(k_xi, (n, B) + tuple(env.noise_shape), fdtype) if dyn_noise else None
+        return ActorBatch(state.env_state, policy_noise, dynamics_noise, state.obs_stats, state.target_params,
+                          hp.gamma)
 
-        def pi(params, ts, eps):
-            return policy.sample(params, observe(stats, ts), eps)
-
-        def value(params, ts):
-            return critic.apply(params, observe(stats, ts))
-
-        bootstrap = (lambda ts, a: value(state.target_params, ts)) if config.use_critic else None
+    def update(state: SHACState, hp: HParams, key):
+        _, _, k_crit, k_reset = jax.random.split(key, 4)
+        stats = state.obs_stats
         gamma = hp.gamma
+        batch = actor_batch(state, hp, key)
 
-        # ---- collect + actor objective, one env (no batch axis): its window return
-        def env_return(pp, ts0, eps, xi):
-            one = lambda tree, axis: None if tree is None else jax.tree_util.tree_map(
-                lambda x: jnp.expand_dims(x, axis), tree)
-            rets, traj = pathwise_returns(
-                pi, pp, step, reward, one(ts0, 0), horizon=n, gamma=gamma, bootstrap=bootstrap,
-                policy_noise=one(eps, 1), dynamics_noise=one(xi, 1), done=done, remat=config.remat,
-            )
-            ret, traj = rets[0], jax.tree_util.tree_map(lambda x: x[0], traj)
-            if config.use_critic:
-                # Time-limit truncations inside the window: + γ^k V'(s_k) at the cut (k = 1..n).
-                term = jax.vmap(terminal)(traj.states).astype(traj.alive.dtype)
-                cut = traj.alive[:-1] * (1.0 - traj.alive[1:]) * (1.0 - term[1:])
-                # Only the cut state's V is read: the others get stop-gradient inputs and are
-                # selected away (a "double where", as in the engine), so a critic that is
-                # non-finite at a true terminal state cannot reach the gradient as 0 · NaN.
-                cut_states = gate_gradient(cut > 0, jax.tree_util.tree_map(lambda x: x[1:], traj.states))
-                v_cut = jax.vmap(lambda s: value(state.target_params, s))(cut_states)
-                disc = gamma ** jnp.arange(1, n + 1, dtype=v_cut.dtype)
-                ret = ret + jnp.sum(jnp.where(cut > 0, disc * v_cut, 0.0))
-            return ret, traj
-
-        in_axes = (None, 0, None if policy_noise is None else 1, None if dynamics_noise is None else 1)
+        # ---- collect + actor objective
         params = state.policy_params
         if per_env:
-            def env_loss(pp, ts0, eps, xi):
-                ret, traj = env_return(pp, ts0, eps, xi)
-                return -ret / n, (traj, ret)
+            def env_loss(pp, one_env):  # one env's batch (env axis of size 1)
+                rets, traj = actor_objective(pp, one_env, return_traj=True)
+                ret = rets[0]
+                return -ret / n, (jax.tree_util.tree_map(lambda x: x[0], traj), ret)
 
-            (env_losses, (traj, rets)), env_grads = jax.vmap(jax.value_and_grad(env_loss, has_aux=True), in_axes=in_axes)(
-                params, state.env_state, policy_noise, dynamics_noise)
+            (env_losses, (traj, rets)), env_grads = jax.vmap(
+                jax.value_and_grad(env_loss, has_aux=True), in_axes=(None, batch.axes()))(params, batch.singletons())
             env_norms = jax.vmap(guards.safe_global_norm)(env_grads)                        # [B]
             # An exploding env counts like a non-finite one: its value is NaN for the mask.
             checked = jnp.where(env_norms <= skip_norm, rets, jnp.nan)
@@ -387,7 +451,7 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
             loss = guards.masked_mean(jnp.where(keep, env_losses, jnp.nan))[0]
         else:
             def batch_loss(pp):
-                rets, traj = jax.vmap(env_return, in_axes=in_axes)(pp, state.env_state, policy_noise, dynamics_noise)
+                rets, traj = actor_objective(pp, batch, return_traj=True)
                 return -jnp.mean(rets) / n, (traj, rets)
 
             # A NaN return can come with a finite gradient (a fault in the last transition only
@@ -397,7 +461,7 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
             masked = (B - jnp.sum(keep)).astype(jnp.int32)
             max_env_norm = guards.safe_global_norm(grads)
             all_masked = jnp.zeros((), bool)
-        updates, a_opt = actor_opt(hp).update(grads, state.actor_opt, params, skip=all_masked, value=loss)
+        updates, a_opt = actor_opt.update(grads, state.actor_opt, params, skip=all_masked, value=loss)
         pp = optax.apply_updates(params, updates)
         actor_stats = guards.skip_stats(a_opt)  # reported even in warm-up: the gradient that was not applied
         if config.actor_warmup > 0:  # critic-only iterations: keep the actor and its optimiser
@@ -435,7 +499,7 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
             x = obs[:, :-1].reshape((n * B, -1))
             y = jnp.where(live > 0, targets, 0.0).reshape((n * B,))
             w = live.reshape((n * B,))
-            opt = critic_opt(hp)
+            opt = critic_opt
             skipped_before = state.critic_opt.total_skipped
 
             def minibatch(carry, idx):
@@ -503,7 +567,8 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
 
     name = "shac" if config.use_critic else ("bpo" if n == episode_length else "truncated-bpo")
     return Agent(init, update, evaluate, name, policy_params, act,
-                 common.agent_spec(env, policy, episode_length, config.eval_envs))
+                 common.agent_spec(env, policy, episode_length, config.eval_envs),
+                 actor_objective=actor_objective, actor_batch=actor_batch)
 
 
 def default_policy(config: SHACConfig, obs_size: int, action_size: int) -> Policy:
@@ -661,6 +726,6 @@ def evaluate(config: SHACConfig, state: SHACState, key: jax.Array, *, env=None,
     return float(jax.jit(agent.evaluate)(state, config.hparams(), key))
 
 
-__all__ = ["SHACConfig", "HParams", "SHACState", "bpo_config", "validate", "make_agent", "make_train_fn",
+__all__ = ["SHACConfig", "HParams", "SHACState", "ActorBatch", "per_env_grads", "bpo_config", "validate", "make_agent", "make_train_fn",
            "make_sweep_fn", "run", "train", "evaluate", "checkpoint_config", "default_policy", "make_act", "make_act_for",
            "SkipHealth", "GUARDS"]

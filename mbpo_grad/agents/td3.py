@@ -16,7 +16,7 @@ uncorrelated Gaussian noise (``explore_noise`` = σ).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Dict, NamedTuple, Optional
+from typing import Any, Dict, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +25,8 @@ import optax
 from mbpo_grad import critics as C
 from mbpo_grad import exploration as X
 from mbpo_grad.agents import offpolicy as OP
+from mbpo_grad.agents import hyperparams
+from mbpo_grad.agents.hyperparams import traced
 from mbpo_grad.agents.common import Agent
 from mbpo_grad.agents.ddpg import _policy_for, dpg_actor_loss
 from mbpo_grad.policies.base import Policy
@@ -33,16 +35,7 @@ from mbpo_grad.policies.deterministic import deterministic
 PyTree = Any
 
 
-class HParams(NamedTuple):
-    actor_lr: jax.Array
-    critic_lr: jax.Array
-    gamma: jax.Array
-    tau: jax.Array
-    explore_noise: jax.Array
-    target_noise: jax.Array
-    target_noise_clip: jax.Array
-
-
+@hyperparams.derive
 @dataclasses.dataclass(frozen=True)
 class TD3Config(OP.OffPolicyConfig):
     """``OffPolicyConfig`` + ``policy_delay`` (static) + float hyper-parameter defaults.
@@ -51,15 +44,17 @@ class TD3Config(OP.OffPolicyConfig):
     ``policy_delay``-th one (the count runs across iterations).
     """
 
-    HPARAMS: ClassVar[Any] = HParams
     policy_delay: int = 2
-    actor_lr: float = 1e-3
-    critic_lr: float = 1e-3
-    gamma: float = 0.99
-    tau: float = 0.005
-    explore_noise: float = 0.1
-    target_noise: float = 0.2
-    target_noise_clip: float = 0.5
+    actor_lr: float = traced(1e-3)
+    critic_lr: float = traced(1e-3)
+    gamma: float = traced(0.99)
+    tau: float = traced(0.005)
+    explore_noise: float = traced(0.1)
+    target_noise: float = traced(0.2)
+    target_noise_clip: float = traced(0.5)
+
+
+HParams = TD3Config.HPARAMS
 
 
 class TD3Learner(NamedTuple):
@@ -114,10 +109,12 @@ def make_algo(config: TD3Config, env, policy: Optional[Policy] = None) -> OP.Off
     U, bs, delay = int(config.updates_per_iteration), int(config.batch_size), int(config.policy_delay)
     act_dim = env.action_size
 
+    adam = OP.adam()  # built once: each state holds its learning rate (set from hp in init)
+
     def init(key, hp):
         ka, kc = jax.random.split(key)
         ap, cp = policy.init(ka), twin.init(kc)
-        return TD3Learner(ap, cp, ap, cp, OP.adam(hp.actor_lr).init(ap), OP.adam(hp.critic_lr).init(cp),
+        return TD3Learner(ap, cp, ap, cp, OP.adam_init(adam, ap, hp.actor_lr), OP.adam_init(adam, cp, hp.critic_lr),
                           jnp.zeros((), jnp.int32))
 
     def explore_init(n):
@@ -139,7 +136,7 @@ def make_algo(config: TD3Config, env, policy: Optional[Policy] = None) -> OP.Off
         y = td3_targets(policy, twin, l.actor_target, l.critic_target, batch, eps, hp.gamma, hp.target_noise,
                         hp.target_noise_clip)
         c_loss, g = jax.value_and_grad(lambda p: C.q_loss(twin, p, batch["obs"], batch["action"], y))(l.critic)
-        upd, c_opt = OP.adam(hp.critic_lr).update(g, l.critic_opt, l.critic)
+        upd, c_opt = adam.update(g, l.critic_opt, l.critic)
         cp = optax.apply_updates(l.critic, upd)
         step = l.step + 1
 
@@ -147,7 +144,7 @@ def make_algo(config: TD3Config, env, policy: Optional[Policy] = None) -> OP.Off
             ap, a_opt, at, ct = args
             loss, g = jax.value_and_grad(
                 lambda p: dpg_actor_loss(policy, single.apply, p, first_head(cp), batch["obs"]))(ap)
-            upd, a_opt = OP.adam(hp.actor_lr).update(g, a_opt, ap)
+            upd, a_opt = adam.update(g, a_opt, ap)
             ap = optax.apply_updates(ap, upd)
             return (ap, a_opt, C.polyak(at, ap, hp.tau), C.polyak(ct, cp, hp.tau)), loss
 
