@@ -20,6 +20,12 @@ window agent (``agents.shac``) has a state-value critic, for which J_0 = V(s_0) 
 no policy gradient. Seeds × float hyper-parameters (``--actor-lr``, ``--lam``, ...) of one
 n run as ONE compiled, vmapped program (``mg.sweep``); different n are separate programs.
 
+After every block each training arm logs ``grad_norm`` and ``grad_var``: the norm of the batch-mean
+actor gradient and the variance of that mean, from per-sample gradients at the arm's current
+state. For the window and BPO arms these are the per-env gradients of the agent's own
+``Agent.actor_objective`` (``shac.per_env_grads``): the very objective ``update`` trains on,
+time-limit bootstrap inside the window included.
+
 ``--dynamics model`` adds arms that differentiate through a learned ensemble instead of the
 simulator (``agents.model_based``). The script also measures, on LQR, the gradient's bias and
 variance against the exact gradient for every n (``lqr_gradient_probe``; the curse-of-horizon
@@ -129,7 +135,8 @@ def _settings(preset: str) -> Dict[str, EnvSettings]:
 
 PRESETS = {
     # envs, seeds, LQR probe (batches, batch size)
-    "tiny": dict(envs=("lqr", "pendulum"), ns=(0, 1, 4, "full"), seeds=2, probe_batches=16, probe_batch=8),
+    # tiny: one env, one n per arm kind (replay / window / BPO), both estimators: 6 compiled programs
+    "tiny": dict(envs=("lqr",), ns=(0, 4, "full"), seeds=2, probe_batches=16, probe_batch=8),
     "quick": dict(envs=("pendulum",), ns=DEFAULT_NS, seeds=4, probe_batches=256,
                   probe_batch=16),
     "full": dict(envs=("lqr", "pendulum", "cartpole", "brax:inverted_pendulum", "brax:halfcheetah", "brax:ant"),
@@ -226,10 +233,8 @@ def build_arm(env_name: str, estimator: str, n: int, s: EnvSettings, lqr: Option
     import jax.flatten_util  # noqa: F401  (ravel_pytree)
 
     from mbpo_grad import critics as C
-    from mbpo_grad import normalizer as N
     from mbpo_grad import replay
-    from mbpo_grad.agents import common, ddpg, sac, shac
-    from mbpo_grad.objectives import pathwise_returns
+    from mbpo_grad.agents import ddpg, sac, shac
     from mbpo_grad.policies import deterministic, gaussian
 
     env = make_env(env_name, s.episode_length, lqr)
@@ -297,41 +302,13 @@ def build_arm(env_name: str, estimator: str, n: int, s: EnvSettings, lqr: Option
                               remat=env_name.startswith("brax:") and kind == "bpo")
         agent = shac.make_agent(cfg, env=env, policy=policy)
         hparams = cfg.hparams()
-        critic = C.v_critic(env.obs_size, hidden)
-        step, reward, done, _ = common.timed_env(env, T)
-        dyn_noise = tuple(env.noise_shape) != ()
-        B = s.num_envs
 
         def grad_probe(state, hp, key):
-            """Per-env gradients of the window objective J_n at the agents' current env states.
-
-            Mirrors the agent's actor objective (normalised observations, target critic on the
-            tail, episode ends stop the return); the extra bootstrap the agent adds when a
-            time limit cuts an episode inside the window is left out of this diagnostic.
-            """
-            stats = state.obs_stats
-
-            def obs(ts):
-                o = env.observe(ts.env_state)
-                return N.normalize(stats, o) if cfg.obs_norm else o
-
-            def pi(p, ts, e):
-                return policy.sample(p, obs(ts), e)
-
-            boot = (lambda ts, a: critic.apply(state.target_params, obs(ts))) if use_critic else None
-            k_eps, k_xi = jax.random.split(key)
-            eps = jax.random.normal(k_eps, (n + 1, B) + tuple(policy.noise_shape)) if stochastic else None
-            xi = jax.random.normal(k_xi, (n, B) + tuple(env.noise_shape)) if dyn_noise else None
-
-            def one(p, s0, e, x):
-                s1 = jax.tree_util.tree_map(lambda a: a[None], s0)
-                rets, _ = pathwise_returns(pi, p, step, reward, s1, horizon=n, gamma=hp.gamma, bootstrap=boot,
-                                           policy_noise=None if e is None else e[:, None],
-                                           dynamics_noise=None if x is None else x[:, None], done=done)
-                return rets[0]
-
-            grads = jax.vmap(jax.grad(one), in_axes=(None, 0, 1 if stochastic else None, 1 if dyn_noise else None))(
-                state.policy_params, state.env_state, eps, xi)
+            """Per-env gradients of the agent's own window objective J_n (``Agent.actor_objective``,
+            the function ``update`` differentiates: target-critic tail, time-limit bootstrap inside
+            the window, normalised observations) on ``Agent.actor_batch(state, hp, key)``."""
+            _, grads = shac.per_env_grads(agent.actor_objective, state.policy_params,
+                                          agent.actor_batch(state, hp, key))
             return _per_sample_stats(grads)
 
         if kind == "bpo":
@@ -1068,7 +1045,8 @@ def build_parser() -> RD.CliParser:
                       "cart-pole or Brax training with --envs)")
     size.add_argument("--full", action="store_true", help="LQR, pendulum, cart-pole, Brax inverted pendulum, "
                       "half-cheetah and ant; 16 seeds; large budgets (a GPU job)")
-    size.add_argument("--tiny", action="store_true", help="a seconds-long smoke configuration (tests)")
+    size.add_argument("--tiny", action="store_true", help="a smoke configuration (tests): LQR, n = 0, 4 and full, both "
+                      "estimators, 2 seeds, the LQR probe; under a minute on 2 CPU cores, nearly all compilation")
     p.add_argument("--envs", nargs="+", metavar="ENV",
                    help="lqr, pendulum, cartpole, inverted_pendulum, halfcheetah, ant or brax:<name> "
                         "(default: the preset's)")

@@ -2,6 +2,12 @@
 
     python -m experiments.estimator_variance --out results/estimator_variance.json [--trials 1000]
         [--batch 1000] [--seed 0] [--plot PATH]      (PATH defaults to the JSON path with .png)
+    python -m experiments.estimator_variance --out /tmp/ev.json --tiny   # smoke run: seconds on 2 CPU cores
+
+``--tiny`` (a smoke configuration for tests) keeps every estimator of both parts, the JSON and
+the plot, but draws 16 toy estimates of 64 samples and 8 LQR estimates of 16 trajectories
+(``PRESETS["tiny"]``); the numbers are then far too noisy to read. Explicit ``--trials``,
+``--batch``, ``--lqr-trials`` and ``--lqr-batch`` override the preset.
 
 Part 1, the toy problem of the text: x ~ N(θ, 1), f(x, θ) = x² θ, θ = 1.
 J(θ) = E f = θ(1 + θ²), so dJ/dθ = 1 + 3θ² (= 4 at θ = 1). Each estimate averages
@@ -48,6 +54,13 @@ from mbpo_grad import score_function as sf
 
 ESTIMATORS = ("naive", "score_function", "reparam")
 LQR_ESTIMATORS = ("pathwise", "score_function", "score_function_baseline")
+
+# sample sizes of the CLI; None for the LQR ones means "the toy problem's"
+PRESETS = {
+    "default": dict(trials=1000, batch=1000, lqr_trials=None, lqr_batch=None),
+    # tiny: every estimator, JSON and plot, all compilation: 16 × 64 toy samples, 8 × 16 LQR trajectories
+    "tiny": dict(trials=16, batch=64, lqr_trials=8, lqr_batch=16),
+}
 
 
 # ---------------------------------------------------------------------------- toy problem
@@ -287,20 +300,25 @@ def _print_summary(results) -> None:
 def main(argv=None) -> Dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m experiments.estimator_variance", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="JSON results file")
-    p.add_argument("--trials", type=int, default=1000, help="independent estimates per estimator")
-    p.add_argument("--batch", type=int, default=1000, help="samples averaged in one estimate")
+    p.add_argument("--tiny", action="store_true", help="a smoke configuration (tests): every estimator, the JSON "
+                   "and the plot from 16 × 64 toy and 8 × 16 LQR samples; seconds on 2 CPU cores, nearly all "
+                   "compilation (explicit sizes below override it)")
+    p.add_argument("--trials", type=int, default=None, help="independent estimates per estimator (default 1000)")
+    p.add_argument("--batch", type=int, default=None, help="samples averaged in one estimate (default 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--theta", type=float, default=1.0)
     p.add_argument("--lqr-trials", type=int, default=None, help="LQR trials (default: --trials)")
     p.add_argument("--lqr-batch", type=int, default=None, help="trajectories per LQR estimate (default: --batch)")
     p.add_argument("--plot", default=None, help="PNG path (default: the JSON path with .png)")
     args = p.parse_args(argv)
-    results, estimates = run(trials=args.trials, batch=args.batch, seed=args.seed, theta=args.theta,
-                             lqr_trials=args.lqr_trials, lqr_batch=args.lqr_batch, return_estimates=True)
+    pre = PRESETS["tiny" if args.tiny else "default"]
+    size = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in pre.items()}
+    results, estimates = run(seed=args.seed, theta=args.theta, return_estimates=True, **size)
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
     plot_path = args.plot or os.path.splitext(args.out)[0] + ".png"
     results["plot"] = plot_path
+    results["preset"] = "tiny" if args.tiny else "default"
     with open(args.out, "w") as fh:
         json.dump(results, fh, indent=2)
     plot(results, estimates, plot_path)

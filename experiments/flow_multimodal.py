@@ -1,6 +1,7 @@
 """A bimodal 1-D action bandit: a flow policy keeps both optimal actions, a Gaussian cannot.
 
     python -m experiments.flow_multimodal --out runs/flow_multimodal [--steps 1500] [--alpha 0.2]
+    python -m experiments.flow_multimodal --out /tmp/fm --tiny   # smoke run: seconds on 2 CPU cores
 
 Reward: two equal Gaussian bumps at a = ±peak (default ±0.6, width w = 0.15),
 
@@ -27,6 +28,11 @@ Outputs in ``--out``: ``flow_multimodal.json`` (config; per policy and seed: mas
 mode from the exact density on a grid and from samples, the objective, the final loss; the
 fraction of seeds keeping both modes; the same for π*) and ``flow_multimodal.png`` (the
 learned action densities of every seed, π*, and the reward curve).
+
+``--tiny`` (a smoke configuration for tests, ``PRESETS["tiny"]``) trains both policies, with the
+α warm-up and two flow layers, on 2 seeds for 20 Adam steps of 16 samples with (8,)-wide MLPs,
+and evaluates them on 1000 samples and a 401-point grid: the same JSON and PNG in seconds, far
+from converged. Explicit size options override the preset.
 """
 from __future__ import annotations
 
@@ -44,6 +50,14 @@ import optax
 import mbpo_grad as mg
 
 OBS = jnp.ones((1,))  # the bandit has a single (constant) observation
+
+# run sizes of the CLI (keyword arguments of ``run_experiment``)
+PRESETS = {
+    "default": dict(steps=1500, batch=256, layers=2, hidden=(32, 32), seeds=4, eval_samples=100_000,
+                    grid_points=4001),
+    # tiny: both policies, the α warm-up, 2 flow layers, 2 vmapped seeds; JSON and PNG; nearly all compilation
+    "tiny": dict(steps=20, batch=16, layers=2, hidden=(8,), seeds=2, eval_samples=1000, grid_points=401),
+}
 
 
 def reward_fn(a: jax.Array, peak: float, width: float) -> jax.Array:
@@ -251,28 +265,35 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (created): flow_multimodal.json / .png")
-    p.add_argument("--steps", type=int, default=1500, help="Adam steps per policy")
-    p.add_argument("--batch", type=int, default=256, help="noise samples per step")
+    p.add_argument("--tiny", action="store_true", help="a smoke configuration (tests): both policies, 2 seeds, "
+                   "20 steps of 16 samples, (8,) MLPs, 1000 evaluation samples, a 401-point grid; seconds on 2 CPU "
+                   "cores (explicit size options override it)")
+    p.add_argument("--steps", type=int, default=None, help="Adam steps per policy (default 1500)")
+    p.add_argument("--batch", type=int, default=None, help="noise samples per step (default 256)")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     p.add_argument("--alpha", type=float, default=0.2, help="entropy temperature α (the objective's)")
     p.add_argument("--alpha-start", type=float, default=1.0,
                    help="α at step 0, annealed linearly to --alpha over the warm-up (= --alpha: no warm-up)")
     p.add_argument("--warmup", type=float, default=0.5, help="fraction of the steps used for the α warm-up")
-    p.add_argument("--layers", type=int, default=2, help="flow layers K (1-D: sinh-arcsinh + affine pairs)")
-    p.add_argument("--hidden", type=int, nargs="+", default=[32, 32], help="MLP widths")
+    p.add_argument("--layers", type=int, default=None,
+                   help="flow layers K (1-D: sinh-arcsinh + affine pairs; default 2)")
+    p.add_argument("--hidden", type=int, nargs="+", default=None, help="MLP widths (default 32 32)")
     p.add_argument("--peak", type=float, default=0.6, help="the optimal actions are ±peak")
     p.add_argument("--width", type=float, default=0.15, help="reward bump width")
     p.add_argument("--window", type=float, default=0.3, help="'near a mode' means |a ∓ peak| <= window")
     p.add_argument("--seed", type=int, default=0, help="base PRNG seed")
-    p.add_argument("--seeds", type=int, default=4, help="independent runs per policy (vmapped)")
-    p.add_argument("--eval-samples", type=int, default=100_000)
+    p.add_argument("--seeds", type=int, default=None, help="independent runs per policy (vmapped; default 4)")
+    p.add_argument("--eval-samples", type=int, default=None, help="samples per seed in the evaluation "
+                   "(default 100000)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     args = p.parse_args(argv)
-    res = run_experiment(args.out, steps=args.steps, batch=args.batch, lr=args.lr, alpha=args.alpha,
-                         alpha_start=args.alpha_start, warmup=args.warmup, layers=args.layers,
-                         hidden=args.hidden, peak=args.peak, width=args.width, window=args.window,
-                         seed=args.seed, seeds=args.seeds, eval_samples=args.eval_samples,
-                         plot=not args.no_plot)
+    size = dict(PRESETS["tiny" if args.tiny else "default"])
+    for name in ("steps", "batch", "layers", "hidden", "seeds", "eval_samples"):
+        if getattr(args, name) is not None:
+            size[name] = getattr(args, name)
+    res = run_experiment(args.out, lr=args.lr, alpha=args.alpha, alpha_start=args.alpha_start, warmup=args.warmup,
+                         peak=args.peak, width=args.width, window=args.window, seed=args.seed,
+                         plot=not args.no_plot, **size)
     for kind in ("soft_optimal", "flow", "gaussian"):
         m = res[kind]["mass_near"]
         extra = ""

@@ -1,6 +1,7 @@
 """Flow vs Gaussian policy under SVG(n) on pendulum / cart-pole: evaluation returns over seeds.
 
     python -m experiments.flow_vs_gaussian --out runs/flow_vs_gaussian [--env pendulum] [--seeds 4]
+    python -m experiments.flow_vs_gaussian --out /tmp/fvg --tiny [--agent model_based]   # smoke run: seconds
 
 Both policies are tanh-squashed and reparameterised, a = π(s, ε; w) with ε ~ N(0, I):
 ``mg.policies.gaussian`` (a = tanh(μ(s) + σ(s) ε)) and ``mg.policies.flow`` (the same
@@ -29,6 +30,12 @@ Seeds run as one vmapped program per policy (``mg.sweep``). The policy's ε = 0 
 evaluated on fresh episodes. Outputs in ``--out``: ``flow_vs_gaussian.json`` (configs; per
 policy: env steps at each evaluation, eval returns [seeds, evals], final mean / std / min /
 max, wall time) and ``flow_vs_gaussian.png`` (return vs env steps, every seed and the mean).
+
+``--tiny`` (a smoke configuration for tests, ``PRESETS["tiny"]``) runs both policies of the chosen
+agent on 2 vmapped seeds for 4 iterations with (8,)-wide MLPs, evaluating twice (SHAC: 4 envs ×
+8-step windows, one critic step; model-based: 2 envs × 8 real steps, a 3-member ensemble, 3-step
+model rollouts): the same JSON and PNG in seconds, far from trained. Explicit ``--seeds``,
+``--iterations``, ``--layers`` and ``--hidden`` override the preset.
 """
 from __future__ import annotations
 
@@ -48,6 +55,20 @@ from mbpo_grad.agents import shac
 
 ENVS = ("pendulum", "cartpole")
 AGENTS = ("shac", "model_based")
+
+# run sizes of the CLI: keyword arguments of ``run_experiment`` and, per agent, config overrides
+PRESETS = {
+    "default": dict(seeds=4, iterations=300, layers=1, hidden=(64, 64), config={"shac": {}, "model_based": {}}),
+    # tiny: both policies, 2 vmapped seeds, 2 evaluations; JSON and PNG; nearly all compilation
+    "tiny": dict(seeds=2, iterations=4, layers=1, hidden=(8,), config={
+        "shac": dict(num_envs=4, horizon=8, eval_every=2, eval_envs=2, critic_iterations=1, critic_minibatches=1,
+                     critic_hidden=(8,)),
+        "model_based": dict(num_envs=2, steps_per_iteration=8, updates_per_iteration=2, batch_size=16,
+                            buffer_size=512, warmup_steps=0, eval_every=2, eval_envs=2, horizon=3, ensemble_size=3,
+                            elites=2, model_hidden=(16,), model_epochs=2, fit_size=64, model_batch=16,
+                            critic_hidden=(8,), critic_iterations=1),
+    }),
+}
 
 
 def make_policy(kind: str, obs_dim: int, act_dim: int, *, hidden: Sequence[int] = (64, 64), layers: int = 1):
@@ -144,20 +165,25 @@ def main(argv=None):
     p.add_argument("--env", choices=ENVS, default="pendulum")
     p.add_argument("--agent", choices=AGENTS, default="shac",
                    help="shac: SVG(n) through the true simulator; model_based: through a learned ensemble")
-    p.add_argument("--seeds", type=int, default=4, help="seeds per policy (vmapped)")
+    p.add_argument("--tiny", action="store_true", help="a smoke configuration (tests): both policies, 2 seeds, "
+                   "4 iterations, (8,) MLPs, tiny agent budgets; seconds on 2 CPU cores (explicit --seeds, "
+                   "--iterations, --layers, --hidden override it)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per policy (vmapped; default 4)")
     p.add_argument("--seed", type=int, default=0, help="first seed")
-    p.add_argument("--iterations", type=int, default=300, help="agent iterations")
-    p.add_argument("--layers", type=int, default=1,
-                   help="flow layers K (1-D: sinh-arcsinh + affine pairs)")
-    p.add_argument("--hidden", type=int, nargs="+", default=[64, 64], help="policy MLP widths (both policies)")
+    p.add_argument("--iterations", type=int, default=None, help="agent iterations (default 300)")
+    p.add_argument("--layers", type=int, default=None,
+                   help="flow layers K (1-D: sinh-arcsinh + affine pairs; default 1)")
+    p.add_argument("--hidden", type=int, nargs="+", default=None,
+                   help="policy MLP widths (both policies; default 64 64)")
     p.add_argument("--alpha", type=float, default=None,
                    help="entropy temperature (model_based only; default: no entropy term)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     args = p.parse_args(argv)
-    return run_experiment(args.out, env=args.env, agent=args.agent, seeds=args.seeds, seed=args.seed,
-                          iterations=args.iterations, layers=args.layers, hidden=args.hidden, alpha=args.alpha,
-                          plot=not args.no_plot)
-
+    pre = PRESETS["tiny" if args.tiny else "default"]
+    size = {k: (getattr(args, k) if getattr(args, k) is not None else pre[k])
+            for k in ("seeds", "iterations", "layers", "hidden")}
+    return run_experiment(args.out, env=args.env, agent=args.agent, seed=args.seed, alpha=args.alpha,
+                          plot=not args.no_plot, **size, **pre["config"][args.agent])
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,7 @@
 """Real environment steps to learn pendulum swing-up: model-based SVG(n) vs model-free SHAC.
 
     python -m experiments.model_based_vs_model_free --out runs/mb_vs_mf [--seeds 3] [--target -400]
+    python -m experiments.model_based_vs_model_free --out /tmp/mbmf --tiny   # smoke run: seconds on 2 CPU cores
 
 Both agents train a policy by pathwise gradients over short horizons with a learned value
 critic; what differs is where the gradient comes from:
@@ -22,6 +23,13 @@ the median over seeds.
 Outputs in ``--out``: ``model_based_vs_model_free.json`` (configs; per agent the env-step axis,
 eval returns [seeds, evals], steps to target per seed, median, wall time) and
 ``model_based_vs_model_free.png`` (eval return vs real env steps, log x axis, target line).
+
+``--tiny`` (a smoke configuration for tests, ``PRESETS["tiny"]``) runs both agents on 2 vmapped
+seeds for 2 iterations each, evaluating after each (model-based: 2 envs × 8 real steps, a 3-member
+ensemble, 3-step model rollouts; SHAC: 4 envs × 8-step windows, one critic step): the same JSON
+and PNG in seconds, far from the target. Explicit ``--seeds``, ``--mb-iterations`` and
+``--shac-iterations`` override the preset; ``--target=-1e9`` makes every evaluation count as
+reaching the target (the steps-to-target path).
 """
 from __future__ import annotations
 
@@ -39,6 +47,19 @@ from mbpo_grad.agents import model_based as MB
 from mbpo_grad.agents import shac
 
 ENV = "pendulum"
+
+# run sizes of the CLI (keyword arguments of ``run_experiment``)
+PRESETS = {
+    "default": dict(seeds=3, mb_iterations=30, shac_iterations=600, mb_overrides=None, shac_overrides=None),
+    # tiny: both agents, 2 vmapped seeds, 2 evaluations each; JSON and PNG; nearly all compilation
+    "tiny": dict(seeds=2, mb_iterations=2, shac_iterations=2,
+                 mb_overrides=dict(num_envs=2, steps_per_iteration=8, updates_per_iteration=2, batch_size=16,
+                                   buffer_size=512, warmup_steps=0, eval_envs=2, horizon=3, ensemble_size=3,
+                                   elites=2, model_hidden=(32, 32), model_epochs=5, fit_size=64, model_batch=16,
+                                   actor_hidden=(16,), critic_hidden=(16,), critic_iterations=1),
+                 shac_overrides=dict(num_envs=4, horizon=8, critic_iterations=1, critic_minibatches=1, eval_every=1,
+                                     eval_envs=2)),
+}
 
 
 def model_based_config(iterations: int = 30, **kw) -> MB.ModelBasedConfig:
@@ -144,17 +165,23 @@ def main(argv=None):
                                 description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (created): model_based_vs_model_free.json / .png")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per agent (vmapped)")
+    p.add_argument("--tiny", action="store_true", help="a smoke configuration (tests): both agents, 2 seeds, "
+                   "2 iterations each on tiny budgets; seconds on 2 CPU cores (explicit --seeds, --mb-iterations, "
+                   "--shac-iterations override it)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per agent (vmapped; default 3)")
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--target", type=float, default=-400.0, help="return threshold (random ≈ −1200, good ≈ −150)")
-    p.add_argument("--mb-iterations", type=int, default=30, help="model-based iterations (100 real steps each)")
-    p.add_argument("--shac-iterations", type=int, default=600, help="SHAC iterations (≈256 real steps each)")
+    p.add_argument("--mb-iterations", type=int, default=None,
+                   help="model-based iterations (100 real steps each; default 30)")
+    p.add_argument("--shac-iterations", type=int, default=None,
+                   help="SHAC iterations (≈256 real steps each; default 600)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     args = p.parse_args(argv)
-    return run_experiment(args.out, seeds=args.seeds, seed=args.seed, target=args.target,
-                          mb_iterations=args.mb_iterations, shac_iterations=args.shac_iterations,
-                          plot=not args.no_plot)
-
+    size = dict(PRESETS["tiny" if args.tiny else "default"])
+    for name in ("seeds", "mb_iterations", "shac_iterations"):
+        if getattr(args, name) is not None:
+            size[name] = getattr(args, name)
+    return run_experiment(args.out, seed=args.seed, target=args.target, plot=not args.no_plot, **size)
 
 if __name__ == "__main__":
     main()

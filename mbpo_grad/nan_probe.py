@@ -300,28 +300,6 @@ def _walk(jaxpr, env, start, bad, producer, path):
     return min(found, key=lambda f: f[0]) if found else None
 
 
-def _closed_fn(closed):
-    return jax.jit(jcore.jaxpr_as_fun(closed))
-
-
-def _describe(eqn, invals, outs, path) -> Origin:
-    from jax._src import source_info_util
-
-    try:
-        source = source_info_util.summarize(eqn.source_info)
-    except Exception:  # noqa: BLE001 - source info is best effort
-        source = ""
-    try:
-        name_stack = str(eqn.source_info.name_stack)
-    except Exception:  # noqa: BLE001
-        name_stack = ""
-    text = " ".join(str(eqn).split())
-    if len(text) > 300:
-        text = text[:300] + " ..."
-    return Origin(eqn.primitive.name, source, name_stack, tuple(path), text,
-                  tuple(_summary(x) for x in invals), _n_nonfinite(outs))
-
-
 def _enter(eqn, invals, path, targets) -> Optional[Origin]:
     """Search inside a sub-program equation for the origin of its outputs ``targets``; None if not one."""
     name = eqn.primitive.name

@@ -200,3 +200,30 @@ def test_report_on_a_real_run(tiny_runs, tmp_path):
     for png in ("curves_lqr.png", "lqr_bias_variance_vs_n.png", "final_return_vs_n.png"):
         assert text.count(png + ")") == 2   # embedded once per run folder
     assert "Final evaluation return" in text and "| run | n |" in text
+
+
+def test_window_gradient_statistics_are_those_of_the_trained_gradient():
+    """The window arm's grad_norm is n × the norm of the gradient ``update`` applies (before
+    clipping) on the same key: the probe differentiates ``Agent.actor_objective`` itself,
+    time-limit bootstrap inside the window included (LQR with dynamics noise, Gaussian policy)."""
+    from mbpo_grad.agents import shac
+
+    n, T = 4, 6
+    s = CUL.EnvSettings(episode_length=T, num_envs=4, env_steps=96, blocks=2, max_iterations=4, hidden=(8,),
+                        critic_iterations=1, critic_minibatches=1, eval_envs=2)
+    arm = CUL.build_arm("lqr", "svg", n, s)
+    agent, hp = arm.agent, arm.hparams
+    update = jax.jit(agent.update)
+    state, _ = update(agent.init(jax.random.PRNGKey(0), hp), hp, jax.random.PRNGKey(1))
+    key = jax.random.PRNGKey(2)
+    _, traj = agent.actor_objective(state.policy_params, agent.actor_batch(state, hp, key), return_traj=True)
+    alive, t = np.asarray(traj.alive), np.asarray(traj.states.t)
+    assert ((alive[:, :-2] > 0) & (alive[:, 1:-1] == 0) & (t[:, 1:-1] >= T)).any(), "no truncation inside the window"
+    g_norm, g_var = jax.jit(arm.grad_probe)(state, hp, key)
+    _, m = update(state, hp, key)
+    assert int(m["masked_envs"]) == 0
+    np.testing.assert_allclose(float(g_norm), n * float(m["grad_norm"]), rtol=1e-5)
+    # the variance is that of the same per-env gradients
+    _, grads = shac.per_env_grads(agent.actor_objective, state.policy_params, agent.actor_batch(state, hp, key))
+    flat = np.stack([np.concatenate([np.ravel(x[b]) for x in jax.tree_util.tree_leaves(grads)]) for b in range(4)])
+    np.testing.assert_allclose(float(g_var), np.sum(np.var(flat, axis=0, ddof=1)) / 4, rtol=1e-4)

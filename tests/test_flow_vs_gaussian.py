@@ -7,12 +7,11 @@ import pytest
 
 from experiments import flow_vs_gaussian as fvg
 
-TINY = dict(num_envs=4, horizon=8, eval_every=2, eval_envs=2, critic_iterations=1, critic_minibatches=1)
-
 
 def test_tiny_run_writes_json_and_png_with_finite_returns(tmp_path, capsys):
-    res = fvg.run_experiment(str(tmp_path), env="pendulum", agent="shac", seeds=2, iterations=4, layers=1,
-                             hidden=(8,), **TINY)
+    # --tiny (PRESETS["tiny"]): SHAC, 2 seeds, 4 iterations of 4 envs × 8-step windows, evaluations after 2 and 4
+    res = fvg.main(["--out", str(tmp_path), "--tiny"])
+    assert res["config"]["num_envs"] == 4 and res["config"]["horizon"] == 8 and res["config"]["iterations"] == 4
     with open(tmp_path / "flow_vs_gaussian.json") as f:
         assert json.load(f) == json.loads(json.dumps(res))
     assert os.path.getsize(tmp_path / "flow_vs_gaussian.png") > 5_000

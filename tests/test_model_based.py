@@ -183,10 +183,8 @@ def test_steps_to_target_is_the_first_evaluation_at_or_above_it():
 def test_experiment_tiny_run_writes_json_and_png(tmp_path, capsys):
     from experiments import model_based_vs_model_free as X
 
-    mb = {k: v for k, v in TINY.items() if k not in ("env", "iterations", "eval_every")}
-    res = X.run_experiment(str(tmp_path), seeds=2, mb_iterations=2, shac_iterations=2, target=-1e9,
-                           mb_overrides=mb, shac_overrides=dict(num_envs=4, horizon=8, critic_iterations=1,
-                                                                 critic_minibatches=1, eval_every=1, eval_envs=2))
+    # --tiny (PRESETS["tiny"]): 2 seeds, 2 iterations per agent; model-based 2 envs × 8 real steps per iteration
+    res = X.main(["--out", str(tmp_path), "--tiny", "--target=-1e9"])
     with open(tmp_path / "model_based_vs_model_free.json") as f:
         assert json.load(f) == json.loads(json.dumps(res))
     assert os.path.getsize(tmp_path / "model_based_vs_model_free.png") > 5_000

@@ -141,37 +141,15 @@ def make_algo(config: NFQCAConfig, env, policy: Optional[Policy] = None) -> OP.O
     return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, greedy, learn, "nfqca", policy_params, eval_act)
 
 
-def make_agent(config: NFQCAConfig, *, env=None, policy: Optional[Policy] = None) -> Agent:
-    """The ``Agent`` running NFQCA on ``env`` (default ``config.env``) with ``policy`` (default the config's)."""
-    env, episode_length = validate(config, env)
-    return OP.make_agent(config, make_algo(config, env, policy), env, episode_length)
+def default_policy(config: NFQCAConfig, obs_size: int, action_size: int) -> Policy:
+    """The policy used when none is given: deterministic tanh MLP with ``actor_hidden``."""
+    return deterministic(obs_size, action_size, config.actor_hidden)
 
 
-def make_train_fn(config: NFQCAConfig, *, env=None, policy: Optional[Policy] = None):
-    """A pure ``train_fn(key, hparams) -> (state, metrics, eval_returns)`` (jit / vmap / sweeps)."""
-    return OP.make_train_fn(make_agent(config, env=env, policy=policy), config)
-
-
-def run(config: NFQCAConfig, key, **kw):
-    """(final ``OffPolicyState``, metrics); keywords as ``train``."""
-    return OP.run_agent(make_agent, check_hparams, config, key, **kw)
-
-
-def train(config: NFQCAConfig, key, **kw):
-    """Train NFQCA: ``(make_policy, params, metrics)`` (``offpolicy.train`` / ``driver.train``).
-
-    Keywords: ``hparams``, ``env``, ``policy``, and ``driver.run``'s (``progress``,
-    ``progress_fn``, ``checkpoint_dir`` / ``checkpoint_every`` / ``resume``, ``run_dir``, ...).
-    """
-    return OP.train(make_agent, check_hparams, config, key, **kw)
-
-
-def make_act_for(config: NFQCAConfig, spec, policy: Optional[Policy] = None):
-    """``act(params, obs)`` of a saved run (``mg.load_policy``): ``policy`` or the default bundle."""
-    if policy is None:
-        policy = deterministic(int(spec["obs_size"]), int(spec["action_size"]), config.actor_hidden)
-    return OP.float32_obs(OP.actor_policy(policy)[1])
+AGENT = OP.ActorAgent("nfqca", validate, make_algo, default_policy, check_hparams)
+make_agent, make_train_fn, run, train, make_act_for = (AGENT.make_agent, AGENT.make_train_fn, AGENT.run, AGENT.train,
+                                                       AGENT.make_act_for)
 
 
 __all__ = ["NFQCAConfig", "HParams", "NFQCALearner", "make_algo", "make_agent", "make_train_fn", "run", "train",
-           "make_act_for", "validate"]
+           "make_act_for", "default_policy", "AGENT", "validate"]

@@ -363,6 +363,54 @@ def make_train_fn(agent: Agent, config: OffPolicyConfig):
     return common.make_train_fn(agent, config.iterations, config.eval_every)
 
 
+@dataclasses.dataclass(frozen=True)
+class ActorAgent:
+    """The entry points of an off-policy agent whose evaluation policy is its actor's mode.
+
+    DDPG, TD3, SAC and NFQCA differ only in these parts; each module binds them once:
+
+        AGENT = OP.ActorAgent("ddpg", validate, make_algo, default_policy, check_hparams)
+        make_agent, make_train_fn, run, train, make_act_for = (AGENT.make_agent, AGENT.make_train_fn,
+                                                               AGENT.run, AGENT.train, AGENT.make_act_for)
+
+    validate(config, env) -> (env, episode_length); make_algo(config, env, policy) -> OffPolicyAlgo;
+    default_policy(config, obs_size, action_size) -> Policy; check_hparams(hp) raises on bad values.
+    """
+
+    name: str
+    validate: Callable
+    make_algo: Callable
+    default_policy: Callable
+    check_hparams: Callable
+
+    def make_agent(self, config, *, env=None, policy=None) -> Agent:
+        """The ``Agent`` on ``env`` (default ``config.env``) with ``policy`` (default the config's)."""
+        env, episode_length = self.validate(config, env)
+        return make_agent(config, self.make_algo(config, env, policy), env, episode_length)
+
+    def make_train_fn(self, config, *, env=None, policy=None):
+        """A pure ``train_fn(key, hparams) -> (state, metrics, eval_returns)`` (jit / vmap / sweeps)."""
+        return make_train_fn(self.make_agent(config, env=env, policy=policy), config)
+
+    def run(self, config, key, **kw):
+        """(final ``OffPolicyState``, metrics); keywords as ``train``."""
+        return run_agent(self.make_agent, self.check_hparams, config, key, **kw)
+
+    def train(self, config, key, **kw):
+        """Train: ``(make_policy, params, metrics)`` (``driver.train``).
+
+        Keywords: ``hparams``, ``env``, ``policy``, and ``driver.run``'s (``progress``,
+        ``progress_fn``, ``checkpoint_dir`` / ``checkpoint_every`` / ``resume``, ``run_dir``, ...).
+        """
+        return train(self.make_agent, self.check_hparams, config, key, **kw)
+
+    def make_act_for(self, config, spec, policy=None):
+        """``act(params, obs)`` of a saved run (``mg.load_policy``): ``policy`` or the default bundle."""
+        if policy is None:
+            policy = self.default_policy(config, int(spec["obs_size"]), int(spec["action_size"]))
+        return float32_obs(actor_policy(policy)[1])
+
+
 def adam(lr=None, max_grad_norm=0.0):
     """Adam (constant schedule), optional global-norm clipping: ``common.make_optimizer``, whose
     learning rate and clip norm live in the optimiser state. Build it once per agent and set a
@@ -376,5 +424,5 @@ def adam_init(opt, params, lr):
 
 
 __all__ = ["OffPolicyAlgo", "OffPolicyConfig", "OffPolicyState", "make_agent", "run", "validate", "actor_policy",
-           "float32_obs", "describe_fn", "train", "make_train_fn", "checked_hparams",
+           "float32_obs", "describe_fn", "train", "make_train_fn", "checked_hparams", "ActorAgent",
            "sample_batches", "transition_example", "check_hparams", "adam", "adam_init", "make_env"]

@@ -121,7 +121,7 @@ def validate(config: SACConfig, env=None):
 
 def _policy_for(env, config, policy):
     return common.policy_for(
-        env, policy, lambda: gaussian(env.obs_size, env.action_size, config.actor_hidden),
+        env, policy, lambda: default_policy(config, env.obs_size, env.action_size),
         density_error="policy: SAC needs a stochastic policy with a density (gaussian, flow), "
                       "got a deterministic one; use ddpg/td3 for deterministic policies")
 
@@ -212,37 +212,15 @@ def make_algo(config: SACConfig, env, policy: Optional[Policy] = None) -> OP.Off
     return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, greedy, learn, name, policy_params, eval_act)
 
 
-def make_agent(config: SACConfig, *, env=None, policy: Optional[Policy] = None) -> Agent:
-    """The ``Agent`` running SAC on ``env`` (default ``config.env``) with ``policy`` (default the config's)."""
-    env, episode_length = validate(config, env)
-    return OP.make_agent(config, make_algo(config, env, policy), env, episode_length)
+def default_policy(config: SACConfig, obs_size: int, action_size: int) -> Policy:
+    """The policy used when none is given: gaussian tanh MLP with ``actor_hidden``."""
+    return gaussian(obs_size, action_size, config.actor_hidden)
 
 
-def make_train_fn(config: SACConfig, *, env=None, policy: Optional[Policy] = None):
-    """A pure ``train_fn(key, hparams) -> (state, metrics, eval_returns)`` (jit / vmap / sweeps)."""
-    return OP.make_train_fn(make_agent(config, env=env, policy=policy), config)
-
-
-def run(config: SACConfig, key, **kw):
-    """(final ``OffPolicyState``, metrics); keywords as ``train``."""
-    return OP.run_agent(make_agent, check_hparams, config, key, **kw)
-
-
-def train(config: SACConfig, key, **kw):
-    """Train SAC: ``(make_policy, params, metrics)`` (``offpolicy.train`` / ``driver.train``).
-
-    Keywords: ``hparams``, ``env``, ``policy``, and ``driver.run``'s (``progress``,
-    ``progress_fn``, ``checkpoint_dir`` / ``checkpoint_every`` / ``resume``, ``run_dir``, ...).
-    """
-    return OP.train(make_agent, check_hparams, config, key, **kw)
-
-
-def make_act_for(config: SACConfig, spec, policy: Optional[Policy] = None):
-    """``act(params, obs)`` of a saved run (``mg.load_policy``): ``policy`` or the default bundle."""
-    if policy is None:
-        policy = gaussian(int(spec["obs_size"]), int(spec["action_size"]), config.actor_hidden)
-    return OP.float32_obs(OP.actor_policy(policy)[1])
+AGENT = OP.ActorAgent("sac", validate, make_algo, default_policy, check_hparams)
+make_agent, make_train_fn, run, train, make_act_for = (AGENT.make_agent, AGENT.make_train_fn, AGENT.run, AGENT.train,
+                                                       AGENT.make_act_for)
 
 
 __all__ = ["SACConfig", "HParams", "SACLearner", "sac_actor_loss", "soft_targets", "temperature_loss",
-           "make_algo", "make_agent", "make_train_fn", "run", "train", "make_act_for", "validate"]
+           "make_algo", "make_agent", "make_train_fn", "run", "train", "make_act_for", "default_policy", "AGENT", "validate"]
