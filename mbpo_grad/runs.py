@@ -183,10 +183,10 @@ class RunWriter:
             f.write(buf.getvalue())
         os.replace(tmp, path)
 
-    def stopped(self, metrics: Dict[str, Any], message: str) -> None:
+    def stopped(self, metrics: Dict[str, Any], message: str, *, iteration: int) -> None:
+        """A health monitor stopped the run after ``iteration`` iterations: metrics so far, status "stopped"."""
         self.write_metrics(metrics)
-        self._status("stopped", error=message, stopped_at_iteration=int(len(np.asarray(metrics["eval_return"])) and
-                                                                      int(np.asarray(metrics["eval_iteration"])[-1])))
+        self._status("stopped", error=message, stopped_at_iteration=int(iteration))
         self.close()
 
     def finish(self, metrics: Dict[str, Any], policy_params: PyTree, *, final_eval_key: np.ndarray) -> None:

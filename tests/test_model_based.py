@@ -197,3 +197,21 @@ def test_experiment_tiny_run_writes_json_and_png(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         X.main(["--help"])
     assert exc.value.code == 0
+
+
+def test_a_non_finite_model_gradient_skips_the_actor_update():
+    """The actor's gradient runs through n model steps: a NaN there changes no parameter (guards)."""
+    cfg = MB.ModelBasedConfig(**TINY)
+    # A known reward whose value and gradient are NaN at every state: every actor update must be skipped.
+    agent = MB.make_agent(cfg, reward_fn=lambda obs, a: -jnp.sqrt(-jnp.abs(obs[0]) - 1.0) + 0.0 * a[0])
+    hp = cfg.hparams()
+    state = jax.jit(agent.init)(jax.random.key(0), hp)
+    update = jax.jit(agent.update)
+    before = state.learner.policy
+    for i in range(3):
+        state, m = update(state, hp, jax.random.key(i))
+    assert float(m["skipped_updates"]) == 1.0
+    for a, b in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(state.learner.policy)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="max_grad_norm_to_skip"):
+        MB.make_agent(cfg.replace(max_grad_norm_to_skip=0.0))

@@ -159,7 +159,7 @@ def run(
             err = health.error(f"[{agent.name}] training stopped at iteration {prog.iteration}/{iterations}: {msg}")
             err.state, err.metrics, err.iteration = prog.state, _with_evals(prog.metrics, prog), prog.iteration
             if writer is not None:
-                writer.stopped(err.metrics, str(err))
+                writer.stopped(err.metrics, str(err), iteration=prog.iteration)
             raise err
         if checkpoint_every and (prog.iteration % checkpoint_every == 0 or prog.iteration == iterations):
             ckpt.save(checkpoint_dir, prog.iteration, prog, config=gcfg, keep=keep_checkpoints)

@@ -65,6 +65,7 @@ import jax.numpy as jnp
 import optax
 
 from mbpo_grad import critics as C
+from mbpo_grad import guards
 from mbpo_grad import normalizer as N
 from mbpo_grad import replay
 from mbpo_grad import validation as V
@@ -95,6 +96,8 @@ class ModelBasedConfig(OP.OffPolicyConfig):
     Adam ``model_lr``). ``model_noise``: sample ξ (random elite + Gaussian noise) in rollouts,
     else the elites' mean. ``critic_iterations``: critic Adam steps per update.
     ``entropy``: add −α log π to rewards and targets (needs a policy with ``log_prob``).
+    ``max_grad_norm_to_skip``: an actor update whose gradient (through the n model steps) is
+    non-finite or has a larger norm is skipped (``guards.skip_nonfinite``; metric ``skipped_updates``).
     """
 
     env: str = "pendulum"
@@ -119,6 +122,7 @@ class ModelBasedConfig(OP.OffPolicyConfig):
     critic_iterations: int = 2
     obs_norm: bool = True
     entropy: bool = False
+    max_grad_norm_to_skip: float = 1e6
     # float hyper-parameters (defaults for HParams)
     actor_lr: float = traced(1e-3)
     critic_lr: float = traced(1e-3)
@@ -162,6 +166,9 @@ def validate(config: ModelBasedConfig, env=None):
     if config.fit_size > config.buffer_size:
         raise ValueError(f"fit_size ({config.fit_size}) must be <= buffer_size ({config.buffer_size})")
     OP.check_hidden(config.model_hidden, "model_hidden")
+    thr = config.max_grad_norm_to_skip
+    if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not thr > 0:
+        raise ValueError(f"max_grad_norm_to_skip must be a float > 0, got {thr!r}")
     if not (isinstance(config.model_lr, (int, float)) and config.model_lr > 0):
         raise ValueError(f"model_lr must be a float > 0, got {config.model_lr!r}")
     check_hparams(config)
@@ -255,7 +262,10 @@ def make_algo(config: ModelBasedConfig, env, policy: Optional[Policy] = None,
     stochastic = noise_shape != (0,)
 
     # Built once: learning rates and clip norm live in the optimiser states, set in ``init``.
-    actor_opt = common.make_optimizer(total_steps=1, schedule="constant")
+    # The actor backpropagates through n model steps: a non-finite or exploding gradient skips the
+    # update (no parameter or Adam-moment change), as in SHAC (guards.skip_nonfinite).
+    actor_opt = guards.skip_nonfinite(common.make_optimizer(total_steps=1, schedule="constant"),
+                                      max_grad_norm_to_skip=float(config.max_grad_norm_to_skip))
     critic_opt = OP.adam()
 
     def norm(stats, obs):
@@ -324,7 +334,7 @@ def make_algo(config: ModelBasedConfig, env, policy: Optional[Policy] = None,
 
         (a_loss, (traj, rets)), g = jax.value_and_grad(actor_loss, has_aux=True)(l.policy)
         grad_norm = optax.global_norm(g)
-        upd, a_opt = actor_opt.update(g, l.actor_opt, l.policy)
+        upd, a_opt = actor_opt.update(g, l.actor_opt, l.policy, value=a_loss)
         pp = optax.apply_updates(l.policy, upd)
         traj = jax.lax.stop_gradient(traj)
 
@@ -372,6 +382,7 @@ def make_algo(config: ModelBasedConfig, env, policy: Optional[Policy] = None,
         tp = C.polyak(l.critic_target, cp, hp.tau)
         new = MBLearner(l.model, pp, cp, tp, a_opt, c_opt, stats)
         return new, {"actor_loss": a_loss, "critic_loss": c_losses[-1], "grad_norm": grad_norm,
+                     "skipped_updates": guards.skip_stats(a_opt)["skipped_updates"],
                      "model_return": jnp.mean(rets), "critic_target": jnp.mean(y_model)}
 
     def learn(l: MBLearner, buf, hp, key):
