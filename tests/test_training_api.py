@@ -100,6 +100,11 @@ def test_train_writes_a_run_folder_whose_policy_reproduces_the_final_evaluation(
     # one observation vs a batch: another matmul kernel, the same up to float32 rounding
     np.testing.assert_allclose(np.asarray(act(obs[0])), np.asarray(make_policy(params)(obs)[0]), rtol=1e-5, atol=1e-6)
     assert runs.evaluate_saved(run_dir) == float(metrics["eval_return"][-1])
+    if name == "shac":  # the command users run: python -m experiments.evaluate RUN_DIR
+        from experiments import evaluate
+        assert evaluate.main([run_dir]) == float(metrics["eval_return"][-1])
+        with pytest.raises(SystemExit):
+            evaluate.main([run_dir, "--episodes", "0"])
 
     # Kill-and-resume: stop at the second evaluation (checkpoint of iteration 2 written), resume.
     run_b = str(tmp_path / "b")
