@@ -16,7 +16,7 @@ Every iteration of ``make_agent(config, algo)`` (an ``Agent`` for ``common.run``
    training episodes, the algorithm's losses).
 
 ``evaluate`` runs the algorithm's greedy policy ``algo.greedy`` (no exploration) for whole
-episodes from ``eval_envs`` fresh resets through the engine (``mg.batched_unroll``).
+episodes from ``eval_envs`` fresh resets through the engine (``common.evaluate_policy``).
 
 An algorithm is an ``OffPolicyAlgo`` bundle of pure functions; static settings are closed
 over, float hyper-parameters arrive as the traced ``hp`` NamedTuple.
@@ -33,7 +33,6 @@ import numpy as np
 from mbpo_grad import replay
 from mbpo_grad.agents import common, driver, hyperparams
 from mbpo_grad.agents.common import Agent, TimedState
-from mbpo_grad.objectives import batched_unroll
 
 PyTree = Any
 

@@ -65,14 +65,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mbpo_grad import checkpoint as ckpt
 from mbpo_grad import critics as C
 from mbpo_grad import guards
 from mbpo_grad import normalizer as N
 from mbpo_grad.agents import common, driver, hyperparams
 from mbpo_grad.agents.hyperparams import traced
 from mbpo_grad.agents.common import Agent, TimedState
-from mbpo_grad.objectives import batched_unroll, pathwise_returns
+from mbpo_grad.objectives import pathwise_returns
 from mbpo_grad.rollout import gate_gradient
 from mbpo_grad.policies.base import Policy
 from mbpo_grad.policies.deterministic import deterministic

@@ -27,7 +27,6 @@ from mbpo_grad import exploration as X
 from mbpo_grad.agents import offpolicy as OP
 from mbpo_grad.agents import hyperparams
 from mbpo_grad.agents.hyperparams import traced
-from mbpo_grad.agents.common import Agent
 from mbpo_grad.agents.ddpg import _policy_for, dpg_actor_loss
 from mbpo_grad.policies.base import Policy
 from mbpo_grad.policies.deterministic import deterministic
