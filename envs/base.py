@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mbpo_grad.validation import describe_shapes, trace_call
+
 
 @dataclasses.dataclass(frozen=True)
 class Env:
@@ -43,29 +45,6 @@ class Env:
 
 
 # --------------------------------------------------------------------------- interface check
-def _describe(tree: Any, max_leaves: int = 6) -> str:
-    """Shapes and dtypes of a pytree of ``ShapeDtypeStruct`` (for error messages)."""
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    if treedef.num_leaves == 1 and treedef.num_nodes == 1:
-        return f"{tuple(leaves[0].shape)} {leaves[0].dtype}"
-    items = [f"{jax.tree_util.keystr(path)}: {tuple(leaf.shape)} {leaf.dtype}"
-             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
-    more = f", ... ({len(items)} leaves)" if len(items) > max_leaves else ""
-    return "{" + ", ".join(items[:max_leaves]) + more + "}"
-
-
-def _trace(fn_name: str, fn: Callable, *args) -> Any:
-    """``jax.eval_shape(fn, *args)``; an error inside ``fn`` becomes a ValueError naming it and the inputs."""
-    try:
-        return jax.eval_shape(fn, *args)
-    except Exception as err:  # noqa: BLE001 - re-raised with the function and the shapes it was given
-        given = ", ".join("None" if a is None else _describe(a) for a in args)
-        text = str(err)
-        text = text if len(text) <= 600 else text[:600] + " ..."
-        raise ValueError(f"env.{fn_name} failed when traced on inputs of shapes ({given}) "
-                         f"[{type(err).__name__}: {text}]") from err
-
-
 def _check_size(value: Any, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"env.{name} must be an int >= {minimum}, got {value!r}")
@@ -106,24 +85,24 @@ def check_env(env: "Env") -> "Env":
         raise ValueError(f"env.noise_shape must be a tuple of ints >= 0, got {noise_shape!r}")
 
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
-    state = _trace("reset", env.reset, key)
+    state = trace_call("env.reset", env.reset, key)
     leaves = jax.tree_util.tree_leaves(state)
     if not leaves or not all(hasattr(x, "shape") and hasattr(x, "dtype") for x in leaves):
         raise ValueError(f"env.reset must return a state (an array or a pytree of arrays), got {state!r}")
     if not any(jnp.issubdtype(x.dtype, jnp.floating) for x in leaves):
         raise ValueError(f"env.reset must return a state with a floating-point leaf (gradients flow through "
-                         f"states), got {_describe(state)}")
+                         f"states), got {describe_shapes(state)}")
 
-    obs = _trace("observe", env.observe, state)
+    obs = trace_call("env.observe", env.observe, state)
     if not hasattr(obs, "shape") or tuple(obs.shape) != (obs_size,):
         raise ValueError(f"env.observe must return shape (obs_size,) = ({obs_size},), got "
-                         f"{_describe(obs) if hasattr(obs, 'shape') else repr(obs)} (state {_describe(state)})")
+                         f"{describe_shapes(obs) if hasattr(obs, 'shape') else repr(obs)} (state {describe_shapes(state)})")
     if not jnp.issubdtype(obs.dtype, jnp.floating):
         raise ValueError(f"env.observe must return a floating-point vector, got dtype {obs.dtype}")
 
     action = jax.ShapeDtypeStruct((action_size,), obs.dtype)
     xi = None if tuple(noise_shape) == () else jax.ShapeDtypeStruct(tuple(noise_shape), obs.dtype)
-    nxt = _trace("step", env.step, state, action, xi)
+    nxt = trace_call("env.step", env.step, state, action, xi)
     tree_in, tree_out = jax.tree_util.tree_structure(state), jax.tree_util.tree_structure(nxt)
     if tree_in != tree_out:
         raise ValueError(f"env.step must return a state of the structure reset returns: got {tree_out}, "
@@ -138,21 +117,21 @@ def check_env(env: "Env") -> "Env":
             )
 
     if getattr(env.reward, "uses_next_state", False):
-        r = _trace("reward", env.reward, state, action, nxt)
+        r = trace_call("env.reward", env.reward, state, action, nxt)
     else:
-        r = _trace("reward", env.reward, state, action)
+        r = trace_call("env.reward", env.reward, state, action)
     if not hasattr(r, "shape") or tuple(r.shape) != ():
         raise ValueError(f"env.reward must return a scalar (shape ()), got "
-                         f"{_describe(r) if hasattr(r, 'shape') else repr(r)}; e.g. -(s[0]**2 + 0.01 * a[0]**2)")
+                         f"{describe_shapes(r) if hasattr(r, 'shape') else repr(r)}; e.g. -(s[0]**2 + 0.01 * a[0]**2)")
     if not jnp.issubdtype(r.dtype, jnp.floating):
         raise ValueError(f"env.reward must return a floating-point scalar, got dtype {r.dtype}")
 
     if done is not None:
         for label, s in (("reset", state), ("step", nxt)):
-            d = _trace("done", done, s)
+            d = trace_call("env.done", done, s)
             if not hasattr(d, "shape") or tuple(d.shape) != ():
                 raise ValueError(f"env.done must return a bool scalar (shape ()) on the state {label} returns, got "
-                                 f"{_describe(d) if hasattr(d, 'shape') else repr(d)}")
+                                 f"{describe_shapes(d) if hasattr(d, 'shape') else repr(d)}")
             if not (d.dtype == jnp.bool_ or jnp.issubdtype(d.dtype, jnp.number)):
                 raise ValueError(f"env.done must return a bool scalar, got dtype {d.dtype}")
     return env

@@ -34,9 +34,12 @@ import dataclasses
 import importlib
 import io
 import json
+import math
 import os
+import secrets
+import sys
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -47,51 +50,142 @@ METRIC_COLUMNS = ("run", "n", "seed", "step", "metric", "value")
 
 
 # --------------------------------------------------------------------------- small files
+def write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a temporary file in the same folder, then rename)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
+    if isinstance(x, Mapping):
         return {str(k): _jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_jsonable(v) for v in x]
-    if isinstance(x, (np.generic, np.ndarray)) or hasattr(x, "__array__"):
-        a = np.asarray(x)
-        return a.item() if a.ndim == 0 else a.tolist()
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating, float)):
+        x = float(x)
+        return x if math.isfinite(x) else None  # JSON has no NaN / inf
+    if isinstance(x, (np.bool_,)):
+        return bool(x)
+    if hasattr(x, "shape") and hasattr(x, "dtype"):  # jax arrays
+        return _jsonable(np.asarray(x))
     return x
 
 
 def write_json(path: str, obj: Any) -> None:
-    """Write ``obj`` as JSON atomically (temporary file, then rename)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(_jsonable(obj), f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Atomically write ``obj`` as indented JSON (NumPy values converted; NaN/inf become null)."""
+    write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: str) -> Any:
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         return json.load(f)
 
 
-def _fmt(v: float) -> str:
+def format_value(v: Any) -> str:
+    """A metrics.csv value: the shortest text that reads back to the same float64 ("nan", "inf")."""
     v = float(v)
-    if np.isnan(v):
+    if math.isnan(v):
         return "nan"
-    if np.isinf(v):
-        return "inf" if v > 0 else "-inf"
     return repr(v)
 
 
-def versions() -> Dict[str, Any]:
-    out = {"jax": jax.__version__, "backend": jax.default_backend(),
-           "devices": [str(d) for d in jax.devices()]}
+class MetricsTable:
+    """Rows of the long-format ``metrics.csv``: (run, n, seed, step, metric, value).
+
+    ``add(run, n, seed, step, metric, value)`` one row; ``add_array(run, n, seeds, steps,
+    metric, values[seeds, steps])`` a block. Values are written with ``repr`` so they read
+    back bit-identical as float64 (float32 values are exact in float64).
+    """
+
+    def __init__(self):
+        self._rows: List[tuple] = []
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(self, run: str, n: int, seed: int, step: int, metric: str, value: Any) -> None:
+        self._rows.append((str(run), int(n), int(seed), int(step), str(metric), format_value(value)))
+
+    def add_array(self, run: str, n: int, seeds: Sequence[int], steps: Sequence[int], metric: str,
+                  values: Any) -> None:
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape != (len(seeds), len(steps)):
+            raise ValueError(f"values must have shape [seeds, steps] = [{len(seeds)}, {len(steps)}], got {values.shape}")
+        for i, seed in enumerate(seeds):
+            for j, step in enumerate(steps):
+                self.add(run, n, seed, step, metric, values[i, j])
+
+    def extend(self, rows: Iterable[Sequence[Any]]) -> None:
+        for r in rows:
+            self.add(*r)
+
+    def rows(self) -> List[tuple]:
+        return list(self._rows)
+
+    def to_csv_text(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(METRIC_COLUMNS)
+        w.writerows(self._rows)
+        return buf.getvalue()
+
+    def write(self, path: str) -> None:
+        write_text(path, self.to_csv_text())
+
+
+def read_metrics(path: str) -> Dict[str, np.ndarray]:
+    """``metrics.csv`` as columns: run, metric (str arrays), n, seed, step (int64), value (float64)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or tuple(header) != METRIC_COLUMNS:
+            raise ValueError(f"{path}: expected the header {','.join(METRIC_COLUMNS)}, got {header}")
+        rows = list(reader)
+    cols = list(zip(*rows)) if rows else [()] * len(METRIC_COLUMNS)
+    return {
+        "run": np.asarray(cols[0], dtype=str),
+        "n": np.asarray(cols[1], dtype=np.int64),
+        "seed": np.asarray(cols[2], dtype=np.int64),
+        "step": np.asarray(cols[3], dtype=np.int64),
+        "metric": np.asarray(cols[4], dtype=str),
+        "value": np.asarray(cols[5], dtype=np.float64),
+    }
+
+
+def environment_info() -> Dict[str, Any]:
+    """Versions and devices, recorded in config.json."""
+    info: Dict[str, Any] = {"python": sys.version.split()[0], "jax": jax.__version__,
+                            "backend": jax.default_backend(),
+                            "devices": [str(d) for d in jax.devices()],
+                            "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
     try:
         import mbpo_grad
-        out["mbpo_grad"] = mbpo_grad.__version__
-    except Exception:  # pragma: no cover
+
+        info["mbpo_grad"] = getattr(mbpo_grad, "__version__", "?")
+    except Exception:  # pragma: no cover - importing the package is not the point here
         pass
-    return out
+    return info
+
+
+def _per_iteration(metrics: Dict[str, Any]) -> Dict[str, Any]:
+    """The per-iteration metrics (one value per iteration), without the evaluations and wall time."""
+    return {k: v for k, v in metrics.items()
+            if k not in ("eval_iteration", "eval_return", "eval_env_steps", "wall_s") and np.ndim(v) == 1}
 
 
 # --------------------------------------------------------------------------- the writer
@@ -125,7 +219,7 @@ class RunWriter:
             "custom_env": guard.get("env"),
             "custom_policy": guard.get("policy"),
             "spec": agent.spec,
-            "environment": versions(),
+            "environment": environment_info(),
         }
         cfg_path = os.path.join(self.dir, "config.json")
         if not (resuming and os.path.isfile(cfg_path)):
@@ -145,43 +239,38 @@ class RunWriter:
             return int(np.asarray(metrics["env_steps"])[it - 1])
         return int(it)
 
-    def block(self, prog, new: slice) -> None:
-        """After each block: TensorBoard scalars of the block's iterations and metrics.csv so far."""
-        m = prog.metrics
+    def block(self, metrics: Dict[str, Any], new: slice) -> None:
+        """After each block: TensorBoard scalars of the block's iterations and metrics.csv so far.
+
+        ``metrics``: every metric so far with the evaluations (``driver.with_evals``); ``new``: the
+        block's iterations (0-based slice).
+        """
         if self.tb is not None:
+            per_it = _per_iteration(metrics)
             for i in range(new.start, new.stop):
-                x = self._x(m, i + 1)
-                for k, v in m.items():
+                x = self._x(metrics, i + 1)
+                for k, v in per_it.items():
                     val = float(np.asarray(v)[i])
                     if np.isfinite(val):
                         self.tb.add_scalar(f"train/{k}", val, x)
-            its = np.asarray(prog.eval_iteration)
+            its = np.asarray(metrics["eval_iteration"])
             if its.size:
-                self.tb.add_scalar("eval/episode_return", float(np.asarray(prog.eval_return)[-1]),
-                                   self._x(m, int(its[-1])))
+                self.tb.add_scalar("eval/episode_return", float(np.asarray(metrics["eval_return"])[-1]),
+                                   self._x(metrics, int(its[-1])))
             self.tb.flush()
-        self.write_metrics({**m, "eval_iteration": np.asarray(prog.eval_iteration),
-                            "eval_return": np.asarray(prog.eval_return)})
+        self.write_metrics(metrics)
 
     def write_metrics(self, metrics: Dict[str, Any]) -> None:
         """metrics.csv: every per-iteration metric, then the evaluations (a deterministic order)."""
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(METRIC_COLUMNS)
-        run = self.agent.name
-        per_it = {k: v for k, v in metrics.items()
-                  if k not in ("eval_iteration", "eval_return", "eval_env_steps", "wall_s") and np.ndim(v) == 1}
+        table = MetricsTable()
+        per_it = _per_iteration(metrics)
         for k in sorted(per_it):
-            for i, v in enumerate(np.asarray(per_it[k]).tolist()):
-                w.writerow((run, self.n, self.seed, i + 1, k, _fmt(v)))
+            v = np.asarray(per_it[k])
+            table.add_array(self.agent.name, self.n, [self.seed], np.arange(1, v.size + 1), k, v[None])
         if "eval_return" in metrics:
-            for it, v in zip(np.asarray(metrics["eval_iteration"]).tolist(), np.asarray(metrics["eval_return"]).tolist()):
-                w.writerow((run, self.n, self.seed, int(it), "eval_return", _fmt(v)))
-        path = os.path.join(self.dir, "metrics.csv")
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
+            table.add_array(self.agent.name, self.n, [self.seed], np.asarray(metrics["eval_iteration"]).tolist(),
+                            "eval_return", np.asarray(metrics["eval_return"])[None])
+        table.write(os.path.join(self.dir, "metrics.csv"))
 
     def stopped(self, metrics: Dict[str, Any], message: str, *, iteration: int) -> None:
         """A health monitor stopped the run after ``iteration`` iterations: metrics so far, status "stopped"."""
@@ -329,4 +418,5 @@ def _env_kwargs(config) -> Dict[str, Any]:
 
 
 __all__ = ["RunWriter", "load_policy", "load_config", "evaluate_saved", "plot_learning_curve", "write_json",
-           "read_json", "METRIC_COLUMNS"]
+           "read_json", "write_text", "format_value", "environment_info", "MetricsTable", "read_metrics",
+           "METRIC_COLUMNS"]

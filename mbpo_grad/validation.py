@@ -123,13 +123,23 @@ def check_same_shape(x: Any, name: str, reference: Any, reference_name: str) -> 
         )
 
 
+def describe_shapes(tree: Any, max_leaves: int = 6) -> str:
+    """Shapes and dtypes of a pytree of arrays / ``ShapeDtypeStruct`` (for error messages)."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    if treedef.num_leaves == 1 and treedef.num_nodes == 1:
+        return f"{tuple(leaves[0].shape)} {leaves[0].dtype}"
+    items = [f"{jax.tree_util.keystr(path)}: {tuple(leaf.shape)} {leaf.dtype}"
+             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    more = f", ... ({len(items)} leaves)" if len(items) > max_leaves else ""
+    return "{" + ", ".join(items[:max_leaves]) + more + "}"
+
+
 def trace_call(label: str, fn: Any, *args) -> Any:
     """``jax.eval_shape(fn, *args)``; an error inside ``fn`` becomes a ValueError naming it and the input shapes."""
     try:
         return jax.eval_shape(fn, *args)
     except Exception as err:  # noqa: BLE001 - re-raised with the function and the shapes it was given
-        given = ", ".join("None" if a is None else str(tuple(a.shape)) if hasattr(a, "shape") else "params"
-                          for a in args)
+        given = ", ".join("None" if a is None else describe_shapes(a) for a in args)
         text = str(err)
         text = text if len(text) <= 600 else text[:600] + " ..."
         raise ValueError(f"{label} failed when traced on inputs of shapes ({given}) "

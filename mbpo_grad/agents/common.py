@@ -112,15 +112,25 @@ def agent_spec(env, policy, episode_length: int, eval_envs: int) -> Dict[str, An
             "policy": None if policy is None else policy.name}
 
 
-def stats_to_dict(stats) -> Dict[str, jax.Array]:
-    """A ``normalizer.RunningStats`` as a plain dict (saved policies hold only dicts of arrays)."""
-    return {"count": stats.count, "mean": stats.mean, "m2": stats.m2}
+def normalised_policy_params(policy_params: PyTree, obs_stats) -> Dict[str, Any]:
+    """The saved policy of a policy on normalised observations: its parameters and the
+    ``normalizer.RunningStats`` as plain dicts (saved policies hold only dicts of arrays)."""
+    return {"policy": policy_params,
+            "obs_stats": {"count": obs_stats.count, "mean": obs_stats.mean, "m2": obs_stats.m2}}
 
 
-def stats_from_dict(d):
+def normalised_act(policy: Policy, obs_norm: bool) -> Callable[[PyTree, jax.Array], jax.Array]:
+    """``act(params, obs)`` on ``normalised_policy_params``: the bundle's mode (ε = None) on the
+    observation normalised with the saved statistics (``obs_norm=False``: the raw observation)."""
     from mbpo_grad import normalizer as N
 
-    return N.RunningStats(d["count"], d["mean"], d["m2"])
+    def act(params, obs):
+        if obs_norm:
+            s = params["obs_stats"]
+            obs = N.normalize(N.RunningStats(s["count"], s["mean"], s["m2"]), obs)
+        return policy.sample(params["policy"], obs, None)
+
+    return act
 
 
 # --------------------------------------------------------------------------- config validation
@@ -327,12 +337,11 @@ def run(
         chunks.append(m)
         eval_returns.append(float(e))
         eval_its.append(done)
+        last = {k: float(np.asarray(v)[-1]) for k, v in m.items()}
         if progress:
-            last = {k: float(np.asarray(v)[-1]) for k, v in m.items()}
             line = describe(done, last, float(e)) if describe else _default_line(done, iterations, last, float(e))
             print(f"{line}  [{time.perf_counter() - t0:6.1f}s]", file=stream, flush=True)
         if progress_fn is not None:
-            last = {k: float(np.asarray(v)[-1]) for k, v in m.items()}
             step = int(last["env_steps"]) if "env_steps" in last else done
             progress_fn(step, {"iteration": float(done), "eval_return": float(e), **last})
         if on_block is not None:

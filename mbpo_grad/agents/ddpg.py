@@ -130,7 +130,7 @@ def make_algo(config: DDPGConfig, env, policy: Optional[Policy] = None) -> OP.Of
         # a fresh chain at its mean μ for every env that starts a new episode
         return jnp.where(mask[:, None], jnp.zeros_like(dev), dev)
 
-    policy_params, eval_act, greedy = OP.actor_policy(policy)
+    policy_params, eval_act = OP.actor_policy(policy)
 
     def one_update(l: DDPGLearner, batch, hp):
         y = q_targets(policy, critic.apply, l.actor_target, l.critic_target, batch, hp.gamma)
@@ -149,7 +149,7 @@ def make_algo(config: DDPGConfig, env, policy: Optional[Policy] = None) -> OP.Of
         learner, m = jax.lax.scan(lambda l, b: one_update(l, b, hp), learner, batches)
         return learner, jax.tree_util.tree_map(jnp.mean, m)
 
-    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, greedy, learn, "ddpg", policy_params, eval_act)
+    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, learn, "ddpg", policy_params, eval_act)
 
 
 def default_policy(config: DDPGConfig, obs_size: int, action_size: int) -> Policy:

@@ -152,12 +152,13 @@ def run(
     def on_block(prog: RunProgress):
         new = slice(seen[0], prog.iteration)
         seen[0] = prog.iteration
+        so_far = with_evals(prog.metrics, prog.eval_iteration, prog.eval_return)
         if writer is not None:
-            writer.block(prog, new)
+            writer.block(so_far, new)
         msg = None if health is None else health.update(prog.metrics, new)
         if msg:
             err = health.error(f"[{agent.name}] training stopped at iteration {prog.iteration}/{iterations}: {msg}")
-            err.state, err.metrics, err.iteration = prog.state, _with_evals(prog.metrics, prog), prog.iteration
+            err.state, err.metrics, err.iteration = prog.state, so_far, prog.iteration
             if writer is not None:
                 writer.stopped(err.metrics, str(err), iteration=prog.iteration)
             raise err
@@ -167,21 +168,22 @@ def run(
     state, metrics, evals = common.run(agent, key, hparams, iterations=iterations, eval_every=eval_every,
                                        progress=progress, describe=describe, stream=stream, on_block=on_block,
                                        resume=start, progress_fn=progress_fn)
-    its = evals["iteration"]
-    metrics["eval_iteration"] = its
-    if "env_steps" in metrics:
-        metrics["eval_env_steps"] = metrics["env_steps"][its - 1]
-    metrics["eval_return"] = evals["eval_return"]
+    metrics = with_evals(metrics, evals["iteration"], evals["eval_return"])
     metrics["wall_s"] = evals["wall_s"]
     if writer is not None:
         writer.finish(metrics, policy_params(agent, state, hparams), final_eval_key=final_eval_key(key, config))
     return state, metrics
 
 
-def _with_evals(metrics: Dict[str, np.ndarray], prog: RunProgress) -> Dict[str, Any]:
+def with_evals(metrics: Dict[str, np.ndarray], eval_iteration, eval_return) -> Dict[str, Any]:
+    """``metrics`` plus ``eval_iteration``, ``eval_env_steps`` (when the agent reports
+    ``env_steps``) and ``eval_return``: one entry per evaluation."""
     out = dict(metrics)
-    out["eval_iteration"] = np.asarray(prog.eval_iteration)
-    out["eval_return"] = np.asarray(prog.eval_return)
+    its = np.asarray(eval_iteration, np.int64)
+    out["eval_iteration"] = its
+    if "env_steps" in out and its.size:
+        out["eval_env_steps"] = np.asarray(out["env_steps"])[its - 1]
+    out["eval_return"] = np.asarray(eval_return, np.float64)
     return out
 
 
@@ -227,4 +229,4 @@ def train(agent: Agent, config: Any, key: jax.Array, hparams: Any, **run_kw):
 
 
 __all__ = ["Health", "run", "train", "make_policy_fn", "policy_params", "guard_config", "progress_target",
-           "final_eval_key", "key_data"]
+           "final_eval_key", "key_data", "with_evals"]

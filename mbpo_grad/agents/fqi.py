@@ -28,7 +28,7 @@ mean (Q(s, a) − y)²; (amortised) add this fit's last (s', a*) batch to the wi
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Optional, Tuple
+from typing import Any, Callable, NamedTuple, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +38,6 @@ import optax
 from mbpo_grad import critics as C
 from mbpo_grad import exploration as X
 from mbpo_grad import replay
-from mbpo_grad.agents import common
 from mbpo_grad.agents import offpolicy as OP
 from mbpo_grad.agents import hyperparams
 from mbpo_grad.agents.hyperparams import traced
@@ -243,9 +242,6 @@ def make_algo(config: FQIConfig, env) -> OP.OffPolicyAlgo:
     def explore_reset(carry, mask):
         return carry
 
-    def greedy(learner, obs, hp):
-        return eval_act(policy_params(learner, hp), obs)
-
     def fit(l: FQILearner, key, buf, hp):
         k_b, k_s, k_p = jax.random.split(key, 3)
         frozen = l.critic   # Q_k
@@ -286,7 +282,7 @@ def make_algo(config: FQIConfig, env) -> OP.OffPolicyAlgo:
         learner, met = jax.lax.scan(lambda l, k: fit(l, k, buf, hp), learner, jax.random.split(key, K))
         return learner, jax.tree_util.tree_map(lambda x: x[-1], met)
 
-    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, greedy, learn,
+    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, learn,
                             "fqi-amortized" if amortized else "fqi", policy_params, eval_act)
 
 

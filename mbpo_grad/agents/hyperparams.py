@@ -63,5 +63,15 @@ class Config:
     def replace(self, **kw):
         return dataclasses.replace(self, **kw)
 
+    def checked_hparams(self, hparams, check):
+        """``hparams`` (default ``self.hparams()``), of this config's ``HParams`` type, value-checked by ``check``."""
+        hparams = self.hparams() if hparams is None else hparams
+        cls = type(self).HPARAMS
+        if not isinstance(hparams, cls):
+            raise TypeError(f"hparams must be a {cls.__module__.rsplit('.', 1)[-1]}.HParams, "
+                            f"got {type(hparams).__name__}")
+        check(hparams)
+        return hparams
+
 
 __all__ = ["traced", "traced_fields", "derive", "Config"]

@@ -58,7 +58,7 @@ for the critic's real-data targets, and time limits are truncations (bootstrappe
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -234,14 +234,9 @@ def normalised_policy(config: ModelBasedConfig, policy: Policy):
     """(policy_params, eval_act): the policy's mode (ε = None) on the normalised observation."""
     def policy_params(l: MBLearner, hp):
         del hp
-        return {"policy": l.policy, "obs_stats": common.stats_to_dict(l.obs_stats)}
+        return common.normalised_policy_params(l.policy, l.obs_stats)
 
-    def eval_act(params, obs):
-        if config.obs_norm:
-            obs = N.normalize(common.stats_from_dict(params["obs_stats"]), obs)
-        return policy.sample(params["policy"], obs, None)
-
-    return policy_params, eval_act
+    return policy_params, common.normalised_act(policy, config.obs_norm)
 
 
 def make_algo(config: ModelBasedConfig, env, policy: Optional[Policy] = None,
@@ -293,9 +288,6 @@ def make_algo(config: ModelBasedConfig, env, policy: Optional[Policy] = None,
         return jnp.clip(a, -1.0, 1.0), carry
 
     policy_params, eval_act = normalised_policy(config, policy)
-
-    def greedy(l: MBLearner, obs, hp):
-        return eval_act(policy_params(l, hp), obs)
 
     # engine pieces on ModelState (obs, reward)
     if reward_fn is None:
@@ -400,7 +392,7 @@ def make_algo(config: ModelBasedConfig, env, policy: Optional[Policy] = None,
         return l, m
 
     name = "model_based" if policy.name == "gaussian" else f"model_based-{policy.name}"
-    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, greedy, learn, name, policy_params, eval_act)
+    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, learn, name, policy_params, eval_act)
 
 
 def make_agent(config: ModelBasedConfig, *, env=None, policy: Optional[Policy] = None,

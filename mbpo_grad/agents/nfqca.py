@@ -106,7 +106,7 @@ def make_algo(config: NFQCAConfig, env, policy: Optional[Policy] = None) -> OP.O
     def explore_reset(carry, mask):
         return carry
 
-    policy_params, eval_act, greedy = OP.actor_policy(policy)
+    policy_params, eval_act = OP.actor_policy(policy)
 
     def fitted_q_iteration(l: NFQCALearner, key, buf, hp):
         k_q, k_a = jax.random.split(key)
@@ -137,7 +137,7 @@ def make_algo(config: NFQCAConfig, env, policy: Optional[Policy] = None) -> OP.O
         learner, m = jax.lax.scan(lambda l, k: fitted_q_iteration(l, k, buf, hp), learner, jax.random.split(key, K))
         return learner, {"critic_loss": m["critic_loss"][-1], "actor_loss": m["actor_loss"][-1]}
 
-    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, greedy, learn, "nfqca", policy_params, eval_act)
+    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, learn, "nfqca", policy_params, eval_act)
 
 
 def default_policy(config: NFQCAConfig, obs_size: int, action_size: int) -> Policy:

@@ -15,7 +15,7 @@ Every iteration of ``make_agent(config, algo)`` (an ``Agent`` for ``common.run``
 3. log — per-iteration scalars (``env_steps``, ``episode_return`` of the last finished
    training episodes, the algorithm's losses).
 
-``evaluate`` runs the algorithm's greedy policy ``algo.greedy`` (no exploration) for whole
+``evaluate`` runs the algorithm's evaluation policy ``algo.eval_act`` (no exploration) for whole
 episodes from ``eval_envs`` fresh resets through the engine (``common.evaluate_policy``).
 
 An algorithm is an ``OffPolicyAlgo`` bundle of pure functions; static settings are closed
@@ -44,27 +44,31 @@ class OffPolicyAlgo(NamedTuple):
     explore_init(num_envs) -> carry                  exploration state (e.g. OU noise), any pytree
     act(learner, obs [B, d], carry, key, hp) -> (actions [B, a], carry)   behaviour policy
     explore_reset(carry, mask [B]) -> carry          reset the exploration state of ended episodes
-    greedy(learner, obs [d], hp) -> action [a]       evaluation policy (one observation):
-                                                     eval_act(policy_params(learner, hp), obs)
     learn(learner, buffer, hp, key) -> (learner, metrics: dict of scalars)
+    name                                             the agent's name
     policy_params(learner, hp) -> params              what the evaluation policy needs (dicts of
                                                      arrays): the saved policy
     eval_act(params, obs [d]) -> action [a]           the evaluation policy on a float32 observation
+
+    ``greedy(learner, obs, hp)`` is the evaluation policy on a learner: eval_act ∘ policy_params.
     """
 
     init: Callable
     explore_init: Callable
     act: Callable
     explore_reset: Callable
-    greedy: Callable
     learn: Callable
-    name: str = "offpolicy"
-    policy_params: Optional[Callable] = None
-    eval_act: Optional[Callable] = None
+    name: str
+    policy_params: Callable
+    eval_act: Callable
+
+    def greedy(self, learner, obs, hp):
+        """The evaluation action for one observation ``obs`` [d] of a learner (no exploration)."""
+        return self.eval_act(self.policy_params(learner, hp), obs)
 
 
 def actor_policy(policy):
-    """(policy_params, eval_act, greedy) of an algorithm whose evaluation policy is its actor's mode."""
+    """(policy_params, eval_act) of an algorithm whose evaluation policy is its actor's mode."""
     def policy_params(learner, hp):
         del hp
         return {"policy": learner.actor}
@@ -72,10 +76,7 @@ def actor_policy(policy):
     def eval_act(params, obs):
         return policy.sample(params["policy"], obs, None)
 
-    def greedy(learner, obs, hp):
-        return eval_act(policy_params(learner, hp), obs)
-
-    return policy_params, eval_act, greedy
+    return policy_params, eval_act
 
 
 def float32_obs(eval_act):
@@ -330,29 +331,23 @@ def run(agent: Agent, config: OffPolicyConfig, key, hparams, **run_kw):
     return driver.run(agent, config, key, hparams, **run_kw)
 
 
-def checked_hparams(config: OffPolicyConfig, hparams, check: Callable):
-    """``hparams`` (default ``config.hparams()``), of the config's ``HParams`` type, value-checked."""
-    hparams = config.hparams() if hparams is None else hparams
-    cls = type(config).HPARAMS
-    if not isinstance(hparams, cls):
-        raise TypeError(f"hparams must be a {cls.__module__.rsplit('.', 1)[-1]}.HParams, got {type(hparams).__name__}")
-    check(hparams)
-    return hparams
+def _agent_and_hparams(make_agent: Callable, check: Callable, config: OffPolicyConfig, hparams, env, policy,
+                       agent_kw):
+    hparams = config.checked_hparams(hparams, check)
+    return make_agent(config, env=env, policy=policy, **(agent_kw or {})), hparams
 
 
 def run_agent(make_agent: Callable, check: Callable, config: OffPolicyConfig, key, *, hparams=None, env=None,
               policy=None, agent_kw=None, **run_kw):
     """(final state, metrics) of the agent ``make_agent(config, env=, policy=, **agent_kw)`` (``run``)."""
-    hparams = checked_hparams(config, hparams, check)
-    agent = make_agent(config, env=env, policy=policy, **(agent_kw or {}))
+    agent, hparams = _agent_and_hparams(make_agent, check, config, hparams, env, policy, agent_kw)
     return run(agent, config, key, hparams, env=env, policy=policy, **run_kw)
 
 
 def train(make_agent: Callable, check: Callable, config: OffPolicyConfig, key, *, hparams=None, env=None,
           policy=None, agent_kw=None, **run_kw):
     """``(make_policy, params, metrics)`` of the agent ``make_agent(config, ...)`` (``driver.train``)."""
-    hparams = checked_hparams(config, hparams, check)
-    agent = make_agent(config, env=env, policy=policy, **(agent_kw or {}))
+    agent, hparams = _agent_and_hparams(make_agent, check, config, hparams, env, policy, agent_kw)
     run_kw.setdefault("describe", describe_fn(agent, config))
     return driver.train(agent, config, key, hparams, env=env, policy=policy, **run_kw)
 
@@ -423,5 +418,5 @@ def adam_init(opt, params, lr):
 
 
 __all__ = ["OffPolicyAlgo", "OffPolicyConfig", "OffPolicyState", "make_agent", "run", "validate", "actor_policy",
-           "float32_obs", "describe_fn", "train", "make_train_fn", "checked_hparams", "ActorAgent",
+           "float32_obs", "describe_fn", "train", "make_train_fn", "ActorAgent",
            "sample_batches", "transition_example", "check_hparams", "adam", "adam_init", "make_env"]

@@ -151,7 +151,7 @@ def make_algo(config: SACConfig, env, policy: Optional[Policy] = None) -> OP.Off
     def explore_reset(carry, mask):
         return carry
 
-    policy_params, eval_act, greedy = OP.actor_policy(policy)
+    policy_params, eval_act = OP.actor_policy(policy)
 
     def alpha_of(l, hp):
         return jnp.exp(l.log_alpha) if config.learn_alpha else hp.init_alpha
@@ -208,7 +208,7 @@ def make_algo(config: SACConfig, env, policy: Optional[Policy] = None) -> OP.Off
         return learner, jax.tree_util.tree_map(jnp.mean, m)
 
     name = "sac" if policy.name == "gaussian" else f"sac-{policy.name}"
-    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, greedy, learn, name, policy_params, eval_act)
+    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, learn, name, policy_params, eval_act)
 
 
 def default_policy(config: SACConfig, obs_size: int, action_size: int) -> Policy:

@@ -152,7 +152,6 @@ class SHACConfig(hyperparams.Config):
     max_grad_norm: float = traced(1.0)
 
 
-
 HParams = SHACConfig.HPARAMS
 
 
@@ -558,7 +557,7 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
 
     def policy_params(state: SHACState, hp: HParams):
         del hp
-        return {"policy": state.policy_params, "obs_stats": common.stats_to_dict(state.obs_stats)}
+        return common.normalised_policy_params(state.policy_params, state.obs_stats)
 
     def evaluate(state: SHACState, hp: HParams, key):
         return common.evaluate_policy(env, act, policy_params(state, hp), key, num_envs=config.eval_envs,
@@ -580,12 +579,7 @@ def make_act(config: SHACConfig, policy: Policy):
 
     ``params`` = ``{"policy": ..., "obs_stats": {"count", "mean", "m2"}}`` (``Agent.policy_params``).
     """
-    def act(params, obs):
-        if config.obs_norm:
-            obs = N.normalize(common.stats_from_dict(params["obs_stats"]), obs)
-        return policy.sample(params["policy"], obs, None)
-
-    return act
+    return common.normalised_act(policy, config.obs_norm)
 
 
 def make_act_for(config: SHACConfig, spec: Dict[str, Any], policy: Optional[Policy] = None):
@@ -692,13 +686,16 @@ def run(config: SHACConfig, key: jax.Array, *, hparams: Optional[HParams] = None
         ``state`` (the last state: its parameters are finite, bad updates never reached them),
         ``metrics`` and ``iteration``.
     """
-    hparams = config.hparams() if hparams is None else hparams
-    if not isinstance(hparams, HParams):
-        raise TypeError(f"hparams must be a shac.HParams, got {type(hparams).__name__}")
-    _check_hparam_values(hparams)
+    agent, config, key, hparams, kw = _prepare(config, key, hparams, env, policy, run_kw)
+    return driver.run(agent, config, key, hparams, **kw)
+
+
+def _prepare(config: SHACConfig, key, hparams, env, policy, run_kw):
+    """(agent, config, key, hparams) and the driver keywords (progress line, skip-rate health) of a run."""
+    hparams = config.checked_hparams(hparams, _check_hparam_values)
     agent = make_agent(config, env=env, policy=policy)
     run_kw.setdefault("describe", _describe(agent, config))
-    return driver.run(agent, config, key, hparams, env=env, policy=policy, health=SkipHealth(config), **run_kw)
+    return agent, config, key, hparams, dict(env=env, policy=policy, health=SkipHealth(config), **run_kw)
 
 
 def train(config: SHACConfig, key: jax.Array, *, hparams: Optional[HParams] = None, env=None,
@@ -712,10 +709,8 @@ def train(config: SHACConfig, key: jax.Array, *, hparams: Optional[HParams] = No
         make_policy, params, metrics = shac.train(SHACConfig(), jax.random.key(0), run_dir="runs/a")
         act = make_policy(params); act(obs)
     """
-    state, metrics = run(config, key, hparams=hparams, env=env, policy=policy, **run_kw)
-    agent = make_agent(config, env=env, policy=policy)
-    hparams = config.hparams() if hparams is None else hparams
-    return driver.make_policy_fn(agent.act), driver.policy_params(agent, state, hparams), metrics
+    agent, config, key, hparams, kw = _prepare(config, key, hparams, env, policy, run_kw)
+    return driver.train(agent, config, key, hparams, **kw)
 
 
 def evaluate(config: SHACConfig, state: SHACState, key: jax.Array, *, env=None,

@@ -127,7 +127,7 @@ def make_algo(config: TD3Config, env, policy: Optional[Policy] = None) -> OP.Off
     def explore_reset(carry, mask):
         return carry
 
-    policy_params, eval_act, greedy = OP.actor_policy(policy)
+    policy_params, eval_act = OP.actor_policy(policy)
 
     def one_update(l: TD3Learner, xs, hp):
         batch, key = xs
@@ -164,7 +164,7 @@ def make_algo(config: TD3Config, env, policy: Optional[Policy] = None) -> OP.Off
         return learner, {"critic_loss": jnp.mean(m["critic_loss"]), "actor_loss": jnp.sum(m["actor_loss"]) / n_act,
                          "q_mean": jnp.mean(m["q_mean"])}
 
-    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, greedy, learn, "td3", policy_params, eval_act)
+    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, learn, "td3", policy_params, eval_act)
 
 
 def default_policy(config: TD3Config, obs_size: int, action_size: int) -> Policy:
