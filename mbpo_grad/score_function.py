@@ -75,7 +75,7 @@ from jax import lax
 
 from mbpo_grad import validation as V
 from mbpo_grad.returns import gae, reward_to_go
-from mbpo_grad.rollout import gate_gradient
+from mbpo_grad.rollout import _call_reward, _select, gate_gradient
 
 PyTree = Any
 sg = lax.stop_gradient
@@ -363,7 +363,6 @@ def hybrid_unroll(
     for leaf in jax.tree_util.tree_leaves(policy_noise):
         if jnp.ndim(leaf) < 1 or jnp.shape(leaf)[0] != horizon:
             raise ValueError(f"policy_noise must have leading axis horizon = {horizon}; got shape {jnp.shape(leaf)}")
-    uses_next = getattr(reward, "uses_next_state", False)
     alive0 = jnp.asarray(1.0)
     if done is not None:
         alive0 = 1.0 - jnp.asarray(done(state), dtype=alive0.dtype)
@@ -384,7 +383,7 @@ def hybrid_unroll(
         logp_all = jax.nn.log_softmax(logits)
         z = jnp.argmax(sg(logits) + g) if z_given is None else z_given
         s_next = step(s_in, a_in, z)
-        r = reward(s_in, a_in, s_next) if uses_next else reward(s_in, a_in)
+        r = _call_reward(reward, s_in, a_in, s_next)
         r = jnp.reshape(r, ())
         logp = logp_all[z]
         if done is not None:
@@ -393,7 +392,7 @@ def hybrid_unroll(
             if z_given is None:
                 z = jnp.where(live, z, jnp.zeros_like(z))
             alive_next = alive * (1.0 - jnp.asarray(done(s_next), dtype=alive.dtype))
-            s_next = jax.tree_util.tree_map(lambda y, x: jnp.where(live, y, sg(x)), s_next, s)
+            s_next = _select(live, s_next, sg(s))
         else:
             alive_next = alive
         return (s_next, alive_next), (s, a, z, r, logp, alive)
