@@ -52,7 +52,7 @@ def child(agent: str, env: str, with_eval: bool, tiny: bool) -> dict:
 
     import jax
 
-    import envs  # noqa: F401
+    from mbpo_grad import envs  # noqa: F401
     import mbpo_grad  # noqa: F401
 
     mod_name, expr = AGENTS[agent]

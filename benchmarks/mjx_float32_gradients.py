@@ -28,8 +28,8 @@ from jax import lax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import envs  # noqa: E402
 import mbpo_grad as mg  # noqa: E402
-from envs import mjx_grad  # noqa: E402
-from envs.brax_adapter import cast_floats  # noqa: E402
+from mbpo_grad.envs import mjx_grad  # noqa: E402
+from mbpo_grad.envs.brax_adapter import cast_floats  # noqa: E402
 
 
 def build(mode: str, x64: bool, noise: float):

@@ -43,7 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-import envs
+from mbpo_grad import envs
+
 import mbpo_grad as mg
 from benchmarks import _common as C
 from mbpo_grad.policies.base import as_engine_policy
@@ -66,7 +67,7 @@ def _cartpole_scan_substeps():
     """``envs.make("cartpole")`` as it was before: its 4 integration sub-steps in an inner
     ``lax.scan`` (the env now unrolls them; the same arithmetic). Kept to show what the inner
     loop costs reverse mode."""
-    from envs import cartpole as cp
+    from mbpo_grad.envs import cartpole as cp
 
     base = envs.make("cartpole")
 

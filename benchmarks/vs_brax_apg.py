@@ -82,7 +82,8 @@ def run_apg(env_name: str, backend: str, episode_length: int, updates: int, num_
 def run_ours(agent_name: str, env_name: str, backend: str, episode_length: int, updates: int, num_envs: int,
              horizon: int, num_evals: int, seed: int, eval_envs: int, zero_last: bool = True,
              overrides: Dict = None, window: int = None) -> Dict:
-    import envs
+    from mbpo_grad import envs
+
     from mbpo_grad.agents import common, shac
     from mbpo_grad.policies.deterministic import deterministic
 

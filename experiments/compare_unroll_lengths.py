@@ -179,7 +179,7 @@ def lqr_matrices(rho: float = 0.99, theta: float = 0.3, r_weight: float = 0.1):
 
 
 def make_env(name: str, episode_length: int, lqr: Optional[Dict[str, float]] = None):
-    import envs
+    from mbpo_grad import envs
 
     if name == "lqr":
         p = dict(LQR_DEFAULT, **(lqr or {}))
@@ -1084,7 +1084,7 @@ def _canonical_env(p: RD.CliParser, name: str) -> str:
     if name in ENV_ALIASES:
         return ENV_ALIASES[name]
     if name.startswith("brax:"):
-        from envs import brax_adapter
+        from mbpo_grad.envs import brax_adapter
 
         if name.split(":", 1)[1] not in brax_adapter.available_envs():
             p.fail(f"--envs: unknown Brax environment {name!r}")

@@ -117,7 +117,7 @@ def run_experiment(out: str, *, env: str = "pendulum", agent: str = "shac", seed
         config_overrides.update(entropy=True, alpha=float(alpha))
     os.makedirs(out, exist_ok=True)
     config = make_config(agent, env, iterations, **config_overrides)
-    import envs as envs_mod
+    from mbpo_grad import envs as envs_mod
 
     e = envs_mod.make(env)
     seed_arr = np.arange(seed, seed + seeds, dtype=np.int32)

@@ -63,7 +63,7 @@ def _make_env(name: str, T: int):
         from experiments.compare_unroll_lengths import make_env
 
         return make_env("lqr", T)
-    import envs
+    from mbpo_grad import envs
 
     return envs.make(name, episode_length=T)
 

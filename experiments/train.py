@@ -160,8 +160,9 @@ def config_from_args(args, parser: rundir.CliParser):
 
 def make_env(cfg, args):
     """The env to train on: ``cfg.env`` (float64 simulators under --x64), wrapped in faults if asked."""
-    import envs
-    from envs.faults import inject_faults
+    from mbpo_grad import envs
+
+    from mbpo_grad.envs.faults import inject_faults
 
     kw = {"x64": True} if cfg.x64 and cfg.env.startswith(SIMULATOR_PREFIXES) else {}
     env = envs.make(cfg.env, **kw)

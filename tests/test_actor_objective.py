@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from envs.base import Env
+from mbpo_grad.envs.base import Env
 from mbpo_grad import critics as C
 from mbpo_grad import normalizer as N
 from mbpo_grad.agents import shac

@@ -11,9 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import envs
+from mbpo_grad import envs
+
 import mbpo_grad as mg
-from envs import brax_adapter
+from mbpo_grad.envs import brax_adapter
 
 HORIZON = 32
 STABLE = {"W": [[0.1, 0.5, 0.1, 0.2]], "b": [0.05]}   # |pole angle| stays < 0.17 for 32 steps

@@ -69,7 +69,7 @@ def test_plan_iterations_and_ns():
 
 def test_lqr_batch_gradient_equals_closed_form_without_noise():
     """No dynamics noise, deterministic policy: ĝ_n on a batch is the closed form of envs.lqr exactly."""
-    from envs import lqr
+    from mbpo_grad.envs import lqr
 
     with jax.enable_x64(True):
         T, gamma = 12, 0.95

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import envs
+from mbpo_grad import envs
+
 import mbpo_grad as mg
 from mbpo_grad import critics as C
 from mbpo_grad import exploration as X

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import envs
+from mbpo_grad import envs
+
 import mbpo_grad as mg
 
 brax_envs = pytest.importorskip("brax.envs")

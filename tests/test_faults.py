@@ -4,9 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import envs
+from mbpo_grad import envs
+
 import mbpo_grad as mg
-from envs.faults import FaultState, inject_faults, is_finite_state
+from mbpo_grad.envs.faults import FaultState, inject_faults, is_finite_state
 from mbpo_grad import guards
 
 B, T = 16, 24

@@ -1,4 +1,4 @@
-"""envs.lqr: the environment and its closed forms, checked against references that share no code.
+"""mbpo_grad.envs.lqr: the environment and its closed forms, checked against references that share no code.
 
 The closed forms are checked here WITHOUT the engine (explicit simulation, float64 central
 finite differences of the closed-form return, SciPy's Riccati solver); test_objectives.py then
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-import envs
-from envs import lqr
+from mbpo_grad import envs
+
+from mbpo_grad.envs import lqr
 
 
 @pytest.fixture(autouse=True)

@@ -14,9 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import envs
+from mbpo_grad import envs
+
 import mbpo_grad as mg
-from envs import mjx_adapter
+from mbpo_grad.envs import mjx_adapter
 
 HORIZON = 32
 PARAMS = {"W": [[0.5, 5.0, 0.5, 1.0]], "b": [0.05]}  # balances the pole for 32 steps

@@ -1,4 +1,4 @@
-"""envs.mjx_grad: float32 gradients through MJX's constraint solve via its optimality condition.
+"""mbpo_grad.envs.mjx_grad: float32 gradients through MJX's constraint solve via its optimality condition.
 
 The start and policy are env 21 of the issue-15 reproduction (seed 0, noise 0.01): with the
 adapter's autodiff step its float32 gradient is NaN from step t = 16 backward (nan_probe:
@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from jax import lax
 
-import envs
+from mbpo_grad import envs
+
 import mbpo_grad as mg
-from envs import mjx_grad
-from envs.brax_adapter import cast_floats
+from mbpo_grad.envs import mjx_grad
+from mbpo_grad.envs.brax_adapter import cast_floats
 
 H = 20
 

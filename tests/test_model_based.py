@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import envs
+from mbpo_grad import envs
+
 from mbpo_grad import normalizer as N
 from mbpo_grad import replay
 from mbpo_grad.agents import model_based as MB

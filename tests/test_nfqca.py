@@ -5,7 +5,8 @@ import numpy as np
 import optax
 import pytest
 
-import envs
+from mbpo_grad import envs
+
 from mbpo_grad import critics as C
 from mbpo_grad import replay
 from mbpo_grad.agents import ddpg, nfqca, offpolicy

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-import envs
+from mbpo_grad import envs
+
 import mbpo_grad as mg
-from envs import lqr
+from mbpo_grad.envs import lqr
 
 
 @pytest.fixture(autouse=True)

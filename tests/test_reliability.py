@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import envs
-from envs.faults import inject_faults, is_finite_state
+from mbpo_grad import envs
+
+from mbpo_grad.envs.faults import inject_faults, is_finite_state
 from mbpo_grad import guards
 from mbpo_grad.agents import shac
 from mbpo_grad.policies import deterministic

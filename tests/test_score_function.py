@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import mbpo_grad as mg
-from envs import switching_cart as sc
+from mbpo_grad.envs import switching_cart as sc
 from mbpo_grad import score_function as sf
 from tests.mc_checks import error_shrinks
 

@@ -15,7 +15,8 @@ import numpy as np
 import optax
 import pytest
 
-import envs
+from mbpo_grad import envs
+
 from mbpo_grad import critics as C
 from mbpo_grad import normalizer as N
 from mbpo_grad.policies import deterministic

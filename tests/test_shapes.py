@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import envs
-from envs.faults import inject_faults
+from mbpo_grad import envs
+
+from mbpo_grad.envs.faults import inject_faults
 from mbpo_grad import critics as C
 from mbpo_grad import returns as R
 from mbpo_grad import svg

@@ -68,7 +68,7 @@ def test_delayed_actor_and_target_updates():
     """With policy_delay = 3, the actor and the targets change only on every third critic step."""
     cfg = td3.TD3Config(env="pendulum", num_envs=2, updates_per_iteration=1, batch_size=8, warmup_steps=0,
                         policy_delay=3, actor_hidden=(8,), critic_hidden=(8,), buffer_size=64)
-    import envs
+    from mbpo_grad import envs
 
     env = envs.make("pendulum")
     algo = td3.make_algo(cfg, env)

@@ -143,7 +143,7 @@ def pos_int(value, name, minimum=1):
 
 
 def make_env(name, **kw):
-    import envs
+    from mbpo_grad import envs
 
     if not isinstance(name, str):
         raise TypeError(f"env must be an environment name (str), got {type(name).__name__}")
@@ -158,7 +158,7 @@ def check_user_env(env):
     traced with ``jax.eval_shape`` against the declared ``obs_size`` / ``action_size``, so a
     mismatch raises a ``ValueError`` naming the function and the shapes here, not deep inside a
     compiled training step. Returns ``env``."""
-    import envs
+    from mbpo_grad import envs
 
     return envs.check_env(env)
 

@@ -73,7 +73,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from envs.base import Env
+from mbpo_grad.envs.base import Env
 from mbpo_grad.rollout import transition_reward
 
 BACKENDS = ("generalized", "positional", "spring", "mjx")

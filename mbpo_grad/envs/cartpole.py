@@ -29,7 +29,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from envs.base import Env
+from mbpo_grad.envs.base import Env
 
 G, M_CART, M_POLE, HALF_LEN, MAX_FORCE, DT, SUBSTEPS = 9.8, 1.0, 0.1, 0.5, 10.0, 0.05, 4
 M_TOT = M_CART + M_POLE

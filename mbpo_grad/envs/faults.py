@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from envs.base import Env
+from mbpo_grad.envs.base import Env
 
 PyTree = Any
 

@@ -47,8 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from envs.base import Env
-from envs.brax_adapter import cast_floats, require_x64
+from mbpo_grad.envs.base import Env
+from mbpo_grad.envs.brax_adapter import cast_floats, require_x64
 from mbpo_grad.rollout import transition_reward
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")

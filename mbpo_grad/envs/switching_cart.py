@@ -25,7 +25,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from envs.base import Env
+from mbpo_grad.envs.base import Env
 
 DT = 0.2
 MAX_FORCE = 2.0

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from envs.base import Env
+from mbpo_grad.envs.base import Env
 from mbpo_grad.validation import check_horizon
 
 

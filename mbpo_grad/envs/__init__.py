@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Dict, Tuple
 
-from envs.base import Env, check_env
+from mbpo_grad.envs.base import Env, check_env
 
 
 def _require(module: str, extra: str) -> None:
@@ -64,11 +64,11 @@ def make(name: str, **kwargs) -> Env:
         return _REGISTRY[name](**kwargs)
     if name.startswith("brax:"):
         _require("brax", "brax")
-        from envs import brax_adapter
+        from mbpo_grad.envs import brax_adapter
         return brax_adapter.make(name.split(":", 1)[1], **kwargs)
     if name.startswith("mjx:"):
         _require("mujoco", "mjx")
-        from envs import mjx_adapter
+        from mbpo_grad.envs import mjx_adapter
         return mjx_adapter.make(name.split(":", 1)[1], **kwargs)
     raise ValueError(
         f"name: unknown environment {name!r}; expected one of {list(registered())} or 'brax:<env>' or 'mjx:<model>'"
@@ -78,14 +78,14 @@ def make(name: str, **kwargs) -> Env:
 def from_brax(env_instance: Any, **kwargs) -> Env:
     """``envs.brax_adapter.from_brax``: an ``Env`` from a Brax env instance (see its docstring)."""
     _require("brax", "brax")
-    from envs import brax_adapter
+    from mbpo_grad.envs import brax_adapter
     return brax_adapter.from_brax(env_instance, **kwargs)
 
 
 def from_mjx(mj_model: Any, **kwargs) -> Env:
     """``envs.mjx_adapter.from_mjx``: an ``Env`` from a ``mujoco.MjModel`` (see its docstring)."""
     _require("mujoco", "mjx")
-    from envs import mjx_adapter
+    from mbpo_grad.envs import mjx_adapter
     return mjx_adapter.from_mjx(mj_model, **kwargs)
 
 
@@ -93,14 +93,14 @@ def from_mjx(mj_model: Any, **kwargs) -> Env:
 def _module_factory(module: str) -> Callable[..., Env]:
     def factory(**kwargs) -> Env:
         import importlib
-        return importlib.import_module(f"envs.{module}").make(**kwargs)
+        return importlib.import_module(f"mbpo_grad.envs.{module}").make(**kwargs)
     return factory
 
 
 def _brax_inverted_pendulum_smooth(**kwargs) -> Env:
     """Brax ``inverted_pendulum`` with ``brax_adapter.upright_reward()``: r = cos θ' − 0.01‖a‖²
     (its termination at |θ| > 0.2 and everything else as ``brax:inverted_pendulum``)."""
-    from envs import brax_adapter
+    from mbpo_grad.envs import brax_adapter
     if "reward" in kwargs:
         raise ValueError("reward: brax:inverted_pendulum_smooth defines its reward; for another one use "
                          "envs.make('brax:inverted_pendulum', reward=...)")
