@@ -6,7 +6,7 @@
     python -m experiments.compare_unroll_lengths --envs pendulum --ns 1 8 full --seeds 8 --actor-lr 1e-3 3e-3
     python -m experiments.compare_unroll_lengths --resume runs/compare_unroll_lengths-20250101-120000
 
-For every environment, estimator and unroll length n (theory §1):
+For every environment, estimator and unroll length n (docs/theory.md §1):
 
 | n                | deterministic policy ("dpmb")            | Gaussian policy ("svg")                 |
 |------------------|------------------------------------------|-----------------------------------------|

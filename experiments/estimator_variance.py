@@ -1,4 +1,4 @@
-"""Naive vs score-function vs reparameterised gradient estimators (theory §2), plus an LQR policy gradient.
+"""Naive vs score-function vs reparameterised gradient estimators (docs/theory.md §2), plus an LQR policy gradient.
 
     python -m experiments.estimator_variance --out results/estimator_variance.json [--trials 1000]
         [--batch 1000] [--seed 0] [--plot PATH]      (PATH defaults to the JSON path with .png)
@@ -27,7 +27,7 @@ Var ε³ = 15, Cov(ε, ε³) = 3, Cov(ε, ε²) = Cov(ε², ε³) = 0:
 
 At θ = 1 the per-sample variances are 6, 60 and 18, so with N = 1000 the
 per-estimate variances are 0.006, 0.060 and 0.018: the values quoted in
-theory.md check out. The JSON stores these under ``"analytic"``.
+docs/theory.md §2 check out. The JSON stores these under ``"analytic"``.
 
 Part 2, a policy gradient on a linear-Gaussian LQR system (``mbpo_grad.linear_gaussian``):
 s' = A s + B a + W ξ, a = −K s + σ ε, r = −(sᵀQs + aᵀRa), horizon n, discount γ.

@@ -6,7 +6,7 @@ Core contract::
                                      gamma=1.0, bootstrap=None, policy_noise=None,
                                      dynamics_noise=None)
 
-See README.md and shared theory notes for the estimator family.
+See README.md and docs/theory.md for the estimator family.
 """
 from mbpo_grad.rollout import Trajectory, gate_gradient, transition_reward, unroll
 from mbpo_grad.objectives import (

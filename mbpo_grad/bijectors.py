@@ -11,7 +11,7 @@ policy, ``concat(s, a)`` for a transition-noise model)::
 ``log_det`` is a scalar (summed over the event). ``context`` is ignored (and may be
 ``None``) by bijectors built with ``context_dim=0``.
 
-Change of variables (theory §4): for ``x = f(ε)`` with ``ε ~ N(0, I)``,
+Change of variables (docs/theory.md §4): for ``x = f(ε)`` with ``ε ~ N(0, I)``,
 
     log p(x) = log N(f⁻¹(x); 0, I) + log|det ∂f⁻¹/∂x|,
 

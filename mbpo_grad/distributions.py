@@ -1,4 +1,4 @@
-"""Reparameterised distributions (theory §3): ``x = g(noise; params)`` with exact densities.
+"""Reparameterised distributions (docs/theory.md §3): ``x = g(noise; params)`` with exact densities.
 
 Every constructor returns a ``Distribution`` bundle of pure functions over a ``params``
 dict (a pytree, so ``jit`` / ``vmap`` / ``grad`` apply)::
@@ -99,7 +99,7 @@ def truncated_normal() -> Distribution:
     Φ is always evaluated where it is accurate; ``log Z`` uses ``log_ndtr``. Infinite
     bounds are allowed (``low = -inf``: a one-sided truncation). In float32 intervals
     beyond about 12 standard deviations from ``loc`` underflow Φ.
-    Reference: theory §3; Burkardt, "The truncated normal distribution", 2014.
+    Reference: docs/theory.md §3; Burkardt, "The truncated normal distribution", 2014.
     """
     keys = ("loc", "scale", "low", "high")
 

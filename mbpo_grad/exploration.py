@@ -4,7 +4,7 @@ Ornstein–Uhlenbeck noise (Uhlenbeck & Ornstein 1930; used for exploration by D
 Lillicrap et al. 2016) is the solution of dN = θ(μ − N) dt + σ dW. Its Euler–Maruyama
 discretisation with step Δt is
 
-    N_{t+1} = N_t + θ (μ − N_t) Δt + σ √Δt ε_t,        ε_t ~ N(0, I)            (theory §5)
+    N_{t+1} = N_t + θ (μ − N_t) Δt + σ √Δt ε_t,        ε_t ~ N(0, I)            (docs/theory.md §5)
 
 an AR(1) process N_{t+1} − μ = (1 − θΔt)(N_t − μ) + σ√Δt ε_t. For 0 < θΔt < 2 it is
 stationary with mean μ and variance

@@ -1,4 +1,4 @@
-"""Exact expected return of a linear-Gaussian system under a linear-Gaussian policy (theory §6).
+"""Exact expected return of a linear-Gaussian system under a linear-Gaussian policy (docs/theory.md §6).
 
     s_{t+1} = A s_t + B a_t + W ξ_t,     ξ_t ~ N(0, I)
     a_t     = −K s_t + σ ⊙ ε_t,          ε_t ~ N(0, I)

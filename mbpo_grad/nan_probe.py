@@ -3,7 +3,7 @@
 ``jax_debug_nans`` stops at the first NaN the compiled program produces, but inside
 ``lax.scan`` it only names the scan, and harmless NaNs (a ``where`` branch that is
 never selected) stop it as well. This probe answers two questions for the engine's
-objective J = Σ_{t<n} γ^t r_t along one trajectory (theory §1):
+objective J = Σ_{t<n} γ^t r_t along one trajectory (docs/theory.md §1):
 
     forward:   a_t = π(s_t, ε_t; w),  s_{t+1} = f(s_t, a_t, ξ_t),  r_t = r(s_t, a_t[, s_{t+1}])
                → the first t at which a_t, s_{t+1} or r_t holds a non-finite value;

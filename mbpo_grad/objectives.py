@@ -1,4 +1,4 @@
-"""The pathwise objective J_n and the named members of its family (theory §1).
+"""The pathwise objective J_n and the named members of its family (docs/theory.md §1).
 
     J_n(w) = mean_b [ Σ_{t<n} γ^t r(s_t, a_t) + γ^n Q(s_n, a_n) ]
 
@@ -15,7 +15,7 @@ noise sampled per call it is the reparameterised (SVG) Monte-Carlo estimate.
 | BPO (``bpo``)        | episode length | deterministic   | none             |
 | SVG(∞)               | episode length | stochastic      | none             |
 
-Reference: the policy-parametrisation chapter summarised in ``shared/theory.md``
+Reference: the policy-parametrisation chapter stated in ``docs/theory.md``
 (pathwise / "backprop through the model" gradients); Heess et al. 2015 (SVG);
 Xu et al. 2022 (SHAC) for the short-horizon actor-critic use.
 """
@@ -158,7 +158,7 @@ def pathwise_objective(
 
 
 def bpo(policy, params, step, reward, states, *, episode_length, gamma=1.0, **kw):
-    """Backprop policy optimisation: the whole episode, no critic (theory §1)."""
+    """Backprop policy optimisation: the whole episode, no critic (docs/theory.md §1)."""
     return pathwise_objective(policy, params, step, reward, states, horizon=episode_length, gamma=gamma, **kw)
 
 

@@ -1,4 +1,4 @@
-"""Return targets over an unrolled window (theory §2): reward-to-go, TD(λ), GAE(γ, λ).
+"""Return targets over an unrolled window (docs/theory.md §2): reward-to-go, TD(λ), GAE(γ, λ).
 
 All functions act on ONE trajectory, time on axis 0; batch with ``jax.vmap``.
 ``discounts[t]`` is γ·(1 − terminal_{t+1}): 0 where the episode terminated at

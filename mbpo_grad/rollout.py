@@ -1,7 +1,7 @@
 """One trajectory through a differentiable system: a single ``lax.scan``.
 
 A trajectory with fixed noise is a deterministic function of the policy
-parameters ``w`` (theory §1):
+parameters ``w`` (docs/theory.md §1):
 
     a_t     = π(s_t, ε_t; w)                 t = 0..n
     s_{t+1} = f(s_t, a_t, ξ_t)               t = 0..n-1

@@ -211,7 +211,7 @@ class RunWriter:
         self.meta = {
             **self.info,
             "agent": agent.name,
-            "module": type(config).__module__,
+            "module": agent_module(config),
             "config_class": type(config).__qualname__,
             "config": dataclasses.asdict(config),
             "hparams": guard["hparams"],
@@ -333,6 +333,19 @@ def _tuples(cfg_cls, values: Dict[str, Any]) -> Dict[str, Any]:
             continue
         out[k] = tuple(v) if isinstance(v, list) else v
     return out
+
+
+def agent_module(config) -> str:
+    """The agent's public module for its config: the innermost package above
+    ``type(config).__module__`` that exports the config class and ``make_act_for``
+    (``mbpo_grad.agents.shac`` for ``mbpo_grad.agents.shac.config.SHACConfig``), so a run folder
+    names the module a user imports, and stays loadable when an agent's files are rearranged."""
+    parts = type(config).__module__.split(".")
+    for i in range(len(parts), 0, -1):
+        module = importlib.import_module(".".join(parts[:i]))
+        if getattr(module, type(config).__qualname__, None) is type(config) and hasattr(module, "make_act_for"):
+            return module.__name__
+    return type(config).__module__
 
 
 def load_config(run_dir: str):

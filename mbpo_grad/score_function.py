@@ -1,4 +1,4 @@
-"""Score-function (likelihood-ratio) estimators and the DPMB-SF hybrid (theory §2).
+"""Score-function (likelihood-ratio) estimators and the DPMB-SF hybrid (docs/theory.md §2).
 
 Every surrogate acts on ONE trajectory (time on axis 0) and returns a scalar whose
 ``jax.grad`` is the estimator; batch with ``jax.vmap`` and average. Conventions

@@ -1,6 +1,6 @@
 """Stochastic value gradients (Heess et al. 2015) as thin functions over ``mg.pathwise_objective``.
 
-On-policy SVG(n) (theory §1): sample ε_0..ε_n ~ N(0, I), ξ_0..ξ_{n−1}, and average
+On-policy SVG(n) (docs/theory.md §1): sample ε_0..ε_n ~ N(0, I), ξ_0..ξ_{n−1}, and average
 
     J_n^α(w) = Σ_{t<n} γ^t [ r(s_t, a_t) − α log π(a_t|s_t) ] + γ^n [ Q(s_n, a_n) − α log π(a_n|s_n) ],
     a_t = π(s_t, ε_t; w),   s_{t+1} = f(s_t, a_t, ξ_t).
@@ -10,7 +10,7 @@ rollout with a critic, SVG(∞) the whole episode without a critic. The entropy
 terms differentiate through both the parameters of log π and the
 reparameterised action. ``temperature_loss`` learns α (Haarnoja et al. 2018b).
 
-SVG on replayed data (SVG(1)-ER style, theory §4): a stored transition
+SVG on replayed data (SVG(1)-ER style, docs/theory.md §4): a stored transition
 (s, a, r, s') is replayed under the CURRENT policy and model by inferring
 
     ε = π⁻¹(a; s, w)        (policy.infer_noise),     ξ = f⁻¹(s', r; s, a)   (model.infer_noise),

@@ -1,4 +1,4 @@
-"""Exact policy-gradient references for tabular MDPs with a softmax policy (theory §6).
+"""Exact policy-gradient references for tabular MDPs with a softmax policy (docs/theory.md §6).
 
     π(a|s) = softmax(θ[s])_a,     P_π[s, s'] = Σ_a π(a|s) P[s, a, s'],     r_π(s) = Σ_a π(a|s) r(s, a)
     v   = (I − γ P_π)^{-1} r_π,    q(s, a) = r(s, a) + γ Σ_{s'} P[s, a, s'] v(s')

@@ -1,4 +1,4 @@
-"""A KL trust-region policy update (theory §5: "policy updates may be constrained by a KL trust region").
+"""A KL trust-region policy update (docs/theory.md §5: a policy step constrained to a KL ball around the old policy).
 
 Maximise a surrogate L(w) (e.g. the SVG(0) / SAC actor objective on a batch of states)
 subject to KL(π_w_old ‖ π_w) ≤ δ, the radius δ adapted from step to step:

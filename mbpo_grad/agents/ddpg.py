@@ -7,7 +7,7 @@ the replay buffer, then
 ``updates_per_iteration`` times, on a fresh minibatch:
 
     critic:  y = r + γ d Q'(s', π'(s')),      L_Q = mean (Q(s, a) − y)²          (d = 1 − terminal)
-    actor:   ascend  J_0(w) = mean_s Q(s, π_w(s))  = mg.actor_q_objective          (theory §1, n = 0)
+    actor:   ascend  J_0(w) = mean_s Q(s, π_w(s))  = mg.actor_q_objective          (docs/theory.md §1, n = 0)
     targets: Q' ← polyak(Q', Q, τ),  π' ← polyak(π', π, τ)
 
 The actor objective is the engine's n = 0 pathwise objective with the critic as bootstrap

@@ -68,7 +68,7 @@ class Config:
         hparams = self.hparams() if hparams is None else hparams
         cls = type(self).HPARAMS
         if not isinstance(hparams, cls):
-            raise TypeError(f"hparams must be a {cls.__module__.rsplit('.', 1)[-1]}.HParams, "
+            raise TypeError(f"hparams must be the HParams of {type(self).__name__} (config.hparams()), "
                             f"got {type(hparams).__name__}")
         check(hparams)
         return hparams

@@ -3,7 +3,7 @@
 Batch-mode actor-critic: Q is FITTED on a fixed batch of transitions (the replay buffer's
 contents, frozen for the iteration), with the Bellman targets of a frozen copy, and the
 actor then maximises Q(s, π(s)) — the engine's n = 0 objective with the critic as
-bootstrap (``mg.actor_q_objective``, theory §1 "NFQCA / DDPG actor loss").
+bootstrap (``mg.actor_q_objective``, docs/theory.md §1 "NFQCA / DDPG actor loss").
 
 One iteration (``growing batch``: the episodes gathered so far are the batch):
 

@@ -1,4 +1,4 @@
-"""SAC: soft actor-critic (Haarnoja et al. 2018a, b) — SVG(0) with an entropy bonus (theory §1, §5).
+"""SAC: soft actor-critic (Haarnoja et al. 2018a, b) — SVG(0) with an entropy bonus (docs/theory.md §1, §5).
 
 Actor: a reparameterised stochastic policy a = π_w(s, ε), ε ~ N(0, I) — the tanh-Gaussian
 (``mg.policies.gaussian``, default) or any stochastic ``Policy`` bundle such as the flow
@@ -13,7 +13,7 @@ Actor: a reparameterised stochastic policy a = π_w(s, ε), ε ~ N(0, I) — the
     targets:      Q' ← polyak(Q', Q, τ).
 
 As α → 0 (and σ → 0) the actor gradient is the deterministic policy gradient (DPG is the
-β → 0 limit, theory §5; tested). ``trust_region=True`` replaces the actor's Adam step by
+β → 0 limit, docs/theory.md §5; tested). ``trust_region=True`` replaces the actor's Adam step by
 a KL trust-region step (``mbpo_grad.trust_region``) on the same objective.
 Evaluation acts with ε = None (the Gaussian's mode tanh(μ)).
 """

@@ -10,7 +10,7 @@ Unlike every other environment in ``envs/``, LQR actions are NOT squashed to
 [−1, 1]: a linear policy a = −K s acts on the raw control, otherwise the closed
 forms below would not hold. Pair it with an unsquashed (linear) policy.
 
-Exact references (theory §6). For the linear policy a = −K s the closed loop is
+Exact references (docs/theory.md §6). For the linear policy a = −K s the closed loop is
 s_{t+1} = L s_t with L = A − B K and the per-step cost is s_tᵀ M s_t with
 M = Q + Kᵀ R K. The discounted cost-to-go from step t is s_tᵀ P_t s_t with the
 backward (Lyapunov) recursion
@@ -154,7 +154,7 @@ def make(
 
 
 # ---------------------------------------------------------------------------------------------
-# Exact references for a linear policy a = −K s (theory §6). No autodiff, no Python time loops.
+# Exact references for a linear policy a = −K s (docs/theory.md §6). No autodiff, no Python time loops.
 # ---------------------------------------------------------------------------------------------
 
 def _closed_loop(A, B, Q, R, K):

@@ -27,7 +27,7 @@ Reparameterised sampling for ONE (s, a), with noise ξ = {"member", "eps"}:
     s'     = s + y[:obs_dim],   r = y[obs_dim]
 
 so for a fixed member the map eps ↦ (s', r) is affine with diagonal Jacobian
-σ_y ⊙ exp(ℓ_e / 2), and ``infer_noise`` inverts it exactly (theory §4):
+σ_y ⊙ exp(ℓ_e / 2), and ``infer_noise`` inverts it exactly (docs/theory.md §4):
 
     eps = (((s' − s, r) − m_y) / σ_y − μ_e) / exp(ℓ_e / 2).
 

@@ -1,4 +1,4 @@
-"""State-conditioned normalizing-flow policy with exact noise inference (theory §4).
+"""State-conditioned normalizing-flow policy with exact noise inference (docs/theory.md §4).
 
     ε ~ N(0, I)  →  [base: x = μ(s) + σ(s) ⊙ ε]  →  f_1(·; s) → … → f_K(·; s)  →  a = tanh(x)
 

@@ -1,6 +1,6 @@
 """Tanh-squashed Gaussian policy: ``a = tanh(μ_w(obs) + σ_w(obs) ⊙ ε)``, ``ε ~ N(0, I)``.
 
-The SAC / SVG actor (theory §1, §4, §5). Per observation (batch with ``jax.vmap``)::
+The SAC / SVG actor (docs/theory.md §1, §4, §5). Per observation (batch with ``jax.vmap``)::
 
     pol = gaussian(obs_dim, act_dim)
     params = pol.init(key)

@@ -1,0 +1,152 @@
+"""SHAC's losses as pure functions: the window return with its truncation bootstrap, the actor
+loss, the critic's TD(λ) targets and its regression loss.
+
+For one env, a window of n steps from s_0 with the policy π_θ and the target critic V':
+
+    J = Σ_{t<k} γ^t r_t + γ^k V'(s_k) · [s_k is not a true terminal state]          (window_return)
+
+k = n, or the step at which the episode ended inside the window. The engine
+(``objectives.pathwise_returns``, ``done`` masks) stops rewards and the gradient path at the end
+of an episode and adds γ^n V'(s_n) for a window that runs to n; a time limit reached inside the
+window is a truncation, not a terminal state, and gets γ^k V'(s_k) at the cut
+(``truncation_bootstrap``). Without a critic (``value=None``) J is the plain n-step return:
+BPO when n is the episode length.
+
+    actor loss     L_π = −mean_b J_b / n                                               (actor_loss)
+    targets        y_t = r_t + γ [(1 − λ) V'(s_{t+1}) + λ y_{t+1}]  (TD(λ), cut at episode ends)
+    critic loss    L_V = Σ w (V_φ(o_t) − y_t)² / Σ w                                   (critic_loss)
+
+(Xu et al. 2022, "Accelerated policy learning with parallel differentiable simulation", eqs. 4–6;
+``docs/theory.md`` §7.)
+
+``ActorBatch`` is what the actor step differentiates on; ``per_env_grads`` is each env's own
+gradient of J_b, the quantity the per-env guard averages and the diagnostics study.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from mbpo_grad import critics as C
+from mbpo_grad import normalizer as N
+from mbpo_grad.agents.common import TimedState
+from mbpo_grad.objectives import pathwise_returns
+from mbpo_grad.rollout import gate_gradient
+
+PyTree = Any
+
+
+class ActorBatch(NamedTuple):
+    """What one actor step differentiates on: ``Agent.actor_objective(policy_params, batch)``.
+
+    env_state: ``TimedState`` [B] — the envs' window start states s_0 (episode step ``t`` inside).
+    policy_noise: [n+1, B, *policy.noise_shape] ε of a stochastic policy, or None.
+    dynamics_noise: [n, B, *env.noise_shape] ξ of a noisy env, or None.
+    obs_stats: the observation normaliser's ``RunningStats`` (held fixed in the window).
+    target_params: the target critic V' (bootstrap at the window end and at truncations).
+    gamma: the discount γ (a traced hyper-parameter).
+
+    ``Agent.actor_batch(state, hp, key)`` builds it with ``update``'s own key splits. Env b's
+    inputs sit on axis ``axes()`` of each field; ``singletons()`` makes that axis B one-env
+    batches (``vmap`` over ``axes()`` of it hands one env's ``ActorBatch`` with B = 1).
+    """
+
+    env_state: TimedState
+    policy_noise: Optional[jax.Array]
+    dynamics_noise: Optional[jax.Array]
+    obs_stats: N.RunningStats
+    target_params: PyTree
+    gamma: jax.Array
+
+    def axes(self) -> "ActorBatch":
+        """``vmap`` in_axes of the env axis per field (None: shared by every env)."""
+        return ActorBatch(0, None if self.policy_noise is None else 1, None if self.dynamics_noise is None else 1,
+                          None, None, None)
+
+    def singletons(self) -> "ActorBatch":
+        """The batch with a size-1 env axis inserted after each env axis (for per-env ``vmap``)."""
+        grow = lambda tree, ax: None if tree is None else jax.tree_util.tree_map(
+            lambda x: jnp.expand_dims(x, ax + 1), tree)
+        return self._replace(env_state=grow(self.env_state, 0), policy_noise=grow(self.policy_noise, 1),
+                             dynamics_noise=grow(self.dynamics_noise, 1))
+
+
+def truncation_bootstrap(traj, terminal: Callable[[Any], jax.Array], value: Callable[[Any], jax.Array],
+                         gamma: Any) -> jax.Array:
+    """Σ_{k=1..n} c_k γ^k V'(s_k), c_k = 1 where the episode was cut at s_k by its time limit.
+
+    One env's ``Trajectory`` (time on axis 0): c_k = alive_{k−1} (1 − alive_k)(1 − terminal(s_k)).
+    Only the cut state's V' is read: the others get stop-gradient inputs and are selected away
+    (the engine's "double where", ``rollout.gate_gradient``), so a critic that is non-finite at a
+    true terminal state cannot reach the gradient as 0 · NaN.
+    """
+    n = traj.alive.shape[0] - 1
+    term = jax.vmap(terminal)(traj.states).astype(traj.alive.dtype)
+    cut = traj.alive[:-1] * (1.0 - traj.alive[1:]) * (1.0 - term[1:])
+    cut_states = gate_gradient(cut > 0, jax.tree_util.tree_map(lambda x: x[1:], traj.states))
+    v_cut = jax.vmap(value)(cut_states)
+    disc = gamma ** jnp.arange(1, n + 1, dtype=v_cut.dtype)
+    return jnp.sum(jnp.where(cut > 0, disc * v_cut, 0.0))
+
+
+def window_return(pi, params: PyTree, step, reward, done, s0, *, horizon: int, gamma: Any,
+                  value: Optional[Callable[[Any], jax.Array]] = None,
+                  terminal: Optional[Callable[[Any], jax.Array]] = None,
+                  policy_noise=None, dynamics_noise=None, remat: Any = False) -> Tuple[jax.Array, Any]:
+    """One env's window objective J (a scalar) and its ``Trajectory`` (time on axis 0).
+
+    ``pi(params, s, ε)``, ``step``, ``reward``, ``done`` are the engine's per-state functions;
+    ``value(s)`` = V'(s) bootstraps the window end and time-limit cuts inside it (``terminal(s)``
+    tells a true terminal state from a truncation); ``value=None``: no bootstrap (BPO).
+    ``policy_noise`` [n+1, *noise_shape] / ``dynamics_noise`` [n, *noise_shape] or None.
+    """
+    one = lambda tree, axis: None if tree is None else jax.tree_util.tree_map(
+        lambda x: jnp.expand_dims(x, axis), tree)
+    bootstrap = None if value is None else (lambda s, a: value(s))
+    rets, traj = pathwise_returns(
+        pi, params, step, reward, one(s0, 0), horizon=horizon, gamma=gamma, bootstrap=bootstrap,
+        policy_noise=one(policy_noise, 1), dynamics_noise=one(dynamics_noise, 1), done=done, remat=remat,
+    )
+    ret, traj = rets[0], jax.tree_util.tree_map(lambda x: x[0], traj)
+    if value is not None:
+        ret = ret + truncation_bootstrap(traj, terminal, value, gamma)
+    return ret, traj
+
+
+def actor_loss(returns: jax.Array, horizon: int) -> jax.Array:
+    """L_π = −mean_b J_b / n (the 1/n keeps the step size comparable across windows)."""
+    return -jnp.mean(returns) / horizon
+
+
+def per_env_grads(actor_objective, policy_params: PyTree, batch: ActorBatch) -> Tuple[jax.Array, PyTree]:
+    """(J [B], ∇_θ J_b with a leading axis B): each env's objective and its own gradient.
+
+    ``vmap`` over envs of ``value_and_grad`` of ``actor_objective`` on a one-env batch: one
+    backward pass per env (memory B × |θ|), the gradients ``update``'s per-env guard averages
+    (it descends −J_b / n). Used by diagnostics (``experiments.compare_unroll_lengths``).
+    """
+    def one(pp, one_env):
+        return actor_objective(pp, one_env)[0]
+
+    return jax.vmap(jax.value_and_grad(one), in_axes=(None, batch.axes()))(policy_params, batch.singletons())
+
+
+def critic_targets(rewards: jax.Array, target_values: jax.Array, alive: jax.Array, terminal: jax.Array,
+                   gamma: Any, lam: Any) -> jax.Array:
+    """TD(λ) targets [B, n] for a batch of windows (``critics.td_lambda_targets`` per env).
+
+    rewards [B, n] (stop-gradient), target_values V'(s_0..s_n) [B, n+1], alive and terminal [B, n+1].
+    """
+    return jax.vmap(C.td_lambda_targets, in_axes=(0, 0, 0, 0, None, None))(
+        rewards, target_values, alive, terminal, gamma, lam)
+
+
+def critic_loss(critic, params: PyTree, obs: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
+    """L_V = Σ w (V_φ(o) − y)² / Σ w over a minibatch (``critics.v_loss``; w = 0 for dead steps)."""
+    return C.v_loss(critic, params, obs, targets, weights)
+
+
+__all__ = ["ActorBatch", "truncation_bootstrap", "window_return", "actor_loss", "per_env_grads",
+           "critic_targets", "critic_loss"]
