@@ -15,7 +15,7 @@ noise sampled per call it is the reparameterised (SVG) Monte-Carlo estimate.
 | BPO (``bpo``)        | episode length | deterministic   | none             |
 | SVG(∞)               | episode length | stochastic      | none             |
 
-Reference: the policy-parametrisation chapter stated in ``docs/theory.md``
+Reference: the policy-parametrisation chapter (restated in ``docs/theory.md`` §1)
 (pathwise / "backprop through the model" gradients); Heess et al. 2015 (SVG);
 Xu et al. 2022 (SHAC) for the short-horizon actor-critic use.
 """
