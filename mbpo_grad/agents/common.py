@@ -76,6 +76,22 @@ class Agent(NamedTuple):
     actor_batch: Optional[Callable[[PyTree, Any, jax.Array], Any]] = None
 
 
+def per_sample_grads(actor_objective: Callable, policy_params: PyTree, batch: Any) -> Tuple[jax.Array, PyTree]:
+    """(J [B], ∇_θ J_b with a leading axis B): each sample's objective and its own gradient.
+
+    ``vmap`` over samples of ``value_and_grad`` of ``actor_objective`` (an ``Agent``'s) on one-sample
+    batches: one backward pass per sample (memory B × |θ|). ``batch`` is an agent's actor batch
+    with ``axes()`` (the ``vmap`` in_axes of the sample axis per field, None where shared) and
+    ``singletons()`` (a size-1 sample axis inserted after each sample axis), as ``shac.ActorBatch``.
+    The mean of these gradients is the gradient the actor step ascends (before clipping); their
+    spread is what the gradient-variance diagnostics report.
+    """
+    def one(pp, one_sample):
+        return actor_objective(pp, one_sample)[0]
+
+    return jax.vmap(jax.value_and_grad(one), in_axes=(None, batch.axes()))(policy_params, batch.singletons())
+
+
 def evaluate_policy(env, act: Callable, params: PyTree, key: jax.Array, *, num_envs: int, episode_length: int,
                     dtype=None, remat: Any = False) -> jax.Array:
     """Mean undiscounted return of ``act(params, obs)`` over ``num_envs`` fresh episodes.

@@ -49,6 +49,11 @@ class OffPolicyAlgo(NamedTuple):
     policy_params(learner, hp) -> params              what the evaluation policy needs (dicts of
                                                      arrays): the saved policy
     eval_act(params, obs [d]) -> action [a]           the evaluation policy on a float32 observation
+    actor_objective(actor_params, batch) -> J [M]     the per-sample objective each actor step of
+                                                     ``learn`` ascends (``Agent.actor_objective``)
+    actor_batch(learner, buffer, hp, key) -> batch    a batch drawn as ``learn`` draws one for an
+                                                     actor step (``Agent.actor_batch``); both None
+                                                     for an algorithm that does not expose them
 
     ``greedy(learner, obs, hp)`` is the evaluation policy on a learner: eval_act ∘ policy_params.
     """
@@ -61,6 +66,8 @@ class OffPolicyAlgo(NamedTuple):
     name: str
     policy_params: Callable
     eval_act: Callable
+    actor_objective: Optional[Callable] = None
+    actor_batch: Optional[Callable] = None
 
     def greedy(self, learner, obs, hp):
         """The evaluation action for one observation ``obs`` [d] of a learner (no exploration)."""
@@ -303,8 +310,14 @@ def make_agent(config: OffPolicyConfig, algo: OffPolicyAlgo, env, episode_length
         return common.evaluate_policy(env, act, policy_params(state, hp), key, num_envs=config.eval_envs,
                                       episode_length=episode_length)
 
+    actor_batch = None
+    if algo.actor_batch is not None:
+        def actor_batch(state: OffPolicyState, hp, key):
+            return algo.actor_batch(state.learner, state.buffer, hp, key)
+
     return Agent(init, update, evaluate, algo.name, policy_params, act,
-                 common.agent_spec(env, None, episode_length, config.eval_envs))
+                 common.agent_spec(env, None, episode_length, config.eval_envs),
+                 actor_objective=algo.actor_objective, actor_batch=actor_batch)
 
 
 def describe_fn(agent: Agent, config: OffPolicyConfig):

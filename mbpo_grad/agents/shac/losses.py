@@ -31,6 +31,7 @@ import jax.numpy as jnp
 
 from mbpo_grad import critics as C
 from mbpo_grad import normalizer as N
+from mbpo_grad.agents import common
 from mbpo_grad.agents.common import TimedState
 from mbpo_grad.objectives import pathwise_returns
 from mbpo_grad.rollout import gate_gradient
@@ -121,16 +122,10 @@ def actor_loss(returns: jax.Array, horizon: int) -> jax.Array:
 
 
 def per_env_grads(actor_objective, policy_params: PyTree, batch: ActorBatch) -> Tuple[jax.Array, PyTree]:
-    """(J [B], ∇_θ J_b with a leading axis B): each env's objective and its own gradient.
-
-    ``vmap`` over envs of ``value_and_grad`` of ``actor_objective`` on a one-env batch: one
-    backward pass per env (memory B × |θ|), the gradients ``update``'s per-env guard averages
-    (it descends −J_b / n). Used by diagnostics (``experiments.compare_unroll_lengths``).
-    """
-    def one(pp, one_env):
-        return actor_objective(pp, one_env)[0]
-
-    return jax.vmap(jax.value_and_grad(one), in_axes=(None, batch.axes()))(policy_params, batch.singletons())
+    """(J [B], ∇_θ J_b with a leading axis B): each env's objective and its own gradient
+    (``common.per_sample_grads``): the gradients ``update``'s per-env guard averages (it descends
+    −J_b / n). Used by diagnostics (``experiments.compare_unroll_lengths``)."""
+    return common.per_sample_grads(actor_objective, policy_params, batch)
 
 
 def critic_targets(rewards: jax.Array, target_values: jax.Array, alive: jax.Array, terminal: jax.Array,
