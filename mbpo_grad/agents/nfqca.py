@@ -13,7 +13,9 @@ One iteration (``growing batch``: the episodes gathered so far are the batch):
      freeze Q_k ← Q and π_k ← π;
      fit:   ``q_steps`` minibatch Adam steps on  mean (Q(s, a) − [r + γ d Q_k(s', π_k(s'))])²
             over the batch (targets from the frozen pair: fitted Q iteration, not TD);
-     actor: ``actor_steps`` minibatch Adam steps ascending  mean_s Q(s, π(s)).
+     actor: ``actor_steps`` minibatch Adam steps ascending  mean_s Q(s, π(s))
+            (the agent's ``actor_objective`` J_i = Q(s_i, π(s_i)), ``ddpg.dpg_objective``, on an
+            ``offpolicy.ReplayActorBatch``; ``actor_batch``: the batch of ``learn``'s first actor step).
 
 With ``steps_per_iteration`` large and ``iterations`` small this is the original
 growing-batch NFQCA; ``collect_iterations = k`` stops collecting after k iterations
@@ -33,7 +35,7 @@ from mbpo_grad import exploration as X
 from mbpo_grad.agents import offpolicy as OP
 from mbpo_grad.agents import hyperparams
 from mbpo_grad.agents.hyperparams import traced
-from mbpo_grad.agents.ddpg import _policy_for, dpg_actor_loss, q_targets
+from mbpo_grad.agents.ddpg import _policy_for, dpg_objective, q_targets
 from mbpo_grad.policies.base import Policy
 from mbpo_grad.policies.deterministic import deterministic
 
@@ -108,8 +110,10 @@ def make_algo(config: NFQCAConfig, env, policy: Optional[Policy] = None) -> OP.O
 
     policy_params, eval_act = OP.actor_policy(policy)
 
-    def fitted_q_iteration(l: NFQCALearner, key, buf, hp):
-        k_q, k_a = jax.random.split(key)
+    actor_objective = dpg_objective(policy, critic.apply)   # J_i = Q(s_i, π(s_i))
+
+    def fit_q(l: NFQCALearner, k_q, buf, hp):
+        """(critic, critic_opt, losses [q_steps]): the fit of Q to the targets of the frozen pair (Q_k, π_k)."""
         frozen_actor, frozen_critic = l.actor, l.critic   # Q_k, π_k: the targets of this fit
 
         def q_step(carry, batch):
@@ -120,12 +124,20 @@ def make_algo(config: NFQCAConfig, env, policy: Optional[Policy] = None) -> OP.O
             return (optax.apply_updates(cp, upd), c_opt), loss
 
         (cp, c_opt), q_losses = jax.lax.scan(q_step, (l.critic, l.critic_opt), OP.sample_batches(buf, k_q, n_q, bs))
+        return cp, c_opt, q_losses
+
+    def make_actor_batch(obs, cp):
+        """An actor step's batch: the minibatch's observations and the fitted critic."""
+        return OP.ReplayActorBatch(obs, None, cp)
+
+    def fitted_q_iteration(l: NFQCALearner, key, buf, hp):
+        k_q, k_a = jax.random.split(key)
+        cp, c_opt, q_losses = fit_q(l, k_q, buf, hp)
 
         def a_step(carry, batch):
             ap, a_opt = carry
-            loss, g = jax.value_and_grad(lambda p: dpg_actor_loss(policy, critic.apply, p, cp, batch["obs"]))(ap)
-            upd, a_opt = adam.update(g, a_opt, ap)
-            return (optax.apply_updates(ap, upd), a_opt), loss
+            ap, a_opt, loss = OP.actor_adam_step(actor_objective, adam, ap, a_opt, make_actor_batch(batch["obs"], cp))
+            return (ap, a_opt), loss
 
         ap, a_opt, a_loss = l.actor, l.actor_opt, jnp.zeros(())
         if n_a:
@@ -137,7 +149,17 @@ def make_algo(config: NFQCAConfig, env, policy: Optional[Policy] = None) -> OP.O
         learner, m = jax.lax.scan(lambda l, k: fitted_q_iteration(l, k, buf, hp), learner, jax.random.split(key, K))
         return learner, {"critic_loss": m["critic_loss"][-1], "actor_loss": m["actor_loss"][-1]}
 
-    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, learn, "nfqca", policy_params, eval_act)
+    def actor_batch(learner, buf, hp, key):
+        """The batch of the first actor step of ``learn(learner, buf, hp, key)``: the first fitted-Q
+        iteration's first actor minibatch (same key splits) and the critic fitted before it (with
+        ``actor_steps = 0`` learn takes no actor step: one minibatch drawn with the actor key)."""
+        k_q, k_a = jax.random.split(jax.random.split(key, K)[0])
+        cp = fit_q(learner, k_q, buf, hp)[0]
+        batch = jax.tree_util.tree_map(lambda x: x[0], OP.sample_batches(buf, k_a, max(n_a, 1), bs))
+        return make_actor_batch(batch["obs"], cp)
+
+    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, learn, "nfqca", policy_params, eval_act,
+                            actor_objective=actor_objective, actor_batch=actor_batch)
 
 
 def default_policy(config: NFQCAConfig, obs_size: int, action_size: int) -> Policy:

@@ -29,10 +29,12 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from mbpo_grad import replay
 from mbpo_grad.agents import common, driver, hyperparams
 from mbpo_grad.agents.common import Agent, TimedState
+from mbpo_grad.objectives import pathwise_returns
 
 PyTree = Any
 
@@ -89,6 +91,61 @@ def actor_policy(policy):
 def float32_obs(eval_act):
     """``act(params, obs)`` on a raw observation: cast to float32 as the replay buffer stores it."""
     return lambda params, obs: eval_act(params, jnp.asarray(obs).astype(jnp.float32))
+
+
+# --------------------------------------------------------------------------- the actor step's objective
+class ReplayActorBatch(NamedTuple):
+    """What one actor step of a replay agent differentiates on: ``OffPolicyAlgo.actor_objective(actor_params, batch)``.
+
+    obs: [M, d] replay observations s_i.
+    policy_noise: [M, *noise_shape] ε_i of a reparameterised stochastic actor (SAC), or None (the
+      actor's mode, ε = None: DDPG, TD3, NFQCA).
+    critic: the critic parameters the step ascends (those of ``learn``'s preceding critic step).
+    alpha: the temperature α of SAC's soft objective (a scalar), None for the others.
+
+    Sample i sits on axis ``axes()`` of each field (None: shared); ``singletons()`` inserts a
+    size-1 sample axis after it, so ``common.per_sample_grads`` hands one-sample batches.
+    """
+
+    obs: jax.Array
+    policy_noise: Optional[jax.Array]
+    critic: PyTree
+    alpha: Optional[jax.Array] = None
+
+    def axes(self) -> "ReplayActorBatch":
+        """``vmap`` in_axes of the sample axis per field (None: shared by every sample)."""
+        return ReplayActorBatch(0, None if self.policy_noise is None else 0, None, None)
+
+    def singletons(self) -> "ReplayActorBatch":
+        """The batch with a size-1 sample axis inserted after each sample axis (for per-sample ``vmap``)."""
+        grow = lambda x: None if x is None else jnp.expand_dims(x, 1)
+        return self._replace(obs=grow(self.obs), policy_noise=grow(self.policy_noise))
+
+
+def actor_q_values(policy: Callable, params: PyTree, critic: Callable, obs: jax.Array,
+                   policy_noise: Optional[jax.Array] = None) -> jax.Array:
+    """J_i = Q(s_i, π(s_i, ε_i)), shape [M]: the engine's n = 0 returns, whose mean is ``mg.actor_q_objective``.
+
+    ``policy(params, obs, ε)`` and ``critic(obs, action)`` act on one sample (the engine's
+    convention, ``objectives.pathwise_returns`` at horizon 0 with ``critic`` as the bootstrap);
+    obs [M, d]; policy_noise [M, *noise_shape] or None (docs/theory.md §1, n = 0).
+    """
+    def no_step(s, a, xi):  # never called at horizon 0
+        return s
+
+    def no_reward(s, a):
+        return jnp.zeros(())
+
+    eps = None if policy_noise is None else policy_noise[None]
+    return pathwise_returns(policy, params, no_step, no_reward, obs, horizon=0, bootstrap=critic,
+                            policy_noise=eps)[0]
+
+
+def actor_adam_step(actor_objective: Callable, opt, params: PyTree, opt_state: PyTree, batch: ReplayActorBatch):
+    """(params, opt_state, loss): one ``opt`` step on L(θ) = −mean_i J_i(θ), J = ``actor_objective(θ, batch)``."""
+    loss, g = jax.value_and_grad(lambda p: -jnp.mean(actor_objective(p, batch)))(params)
+    upd, opt_state = opt.update(g, opt_state, params)
+    return optax.apply_updates(params, upd), opt_state, loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -431,5 +488,6 @@ def adam_init(opt, params, lr):
 
 
 __all__ = ["OffPolicyAlgo", "OffPolicyConfig", "OffPolicyState", "make_agent", "run", "validate", "actor_policy",
-           "float32_obs", "describe_fn", "train", "make_train_fn", "ActorAgent",
+           "float32_obs", "ReplayActorBatch", "actor_q_values", "actor_adam_step", "describe_fn", "train",
+           "make_train_fn", "ActorAgent",
            "sample_batches", "transition_example", "check_hparams", "adam", "adam_init", "make_env"]

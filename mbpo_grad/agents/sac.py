@@ -8,7 +8,9 @@ Actor: a reparameterised stochastic policy a = π_w(s, ε), ε ~ N(0, I) — the
     critic:       L_Q = Σ_i mean (Q_i(s, a) − y)²,
     actor:        minimise  E_{s, ε}[ α log π(π_w(s, ε)|s) − min_i Q_i(s, π_w(s, ε)) ]
                   = −J_0 with bootstrap Q_soft(s, a) = min_i Q_i(s, a) − α log π_w(a|s)
-                  (``mg.actor_q_objective``: the engine's n = 0 objective, ``sac_actor_loss``),
+                  (``mg.actor_q_objective``: the engine's n = 0 objective, ``sac_actor_loss``;
+                  per sample J_i = min_j Q_j(s_i, ã_i) − α log π(ã_i|s_i) is the agent's
+                  ``actor_objective``, ``sac_objective``),
     temperature:  minimise  −log α · E[log π(a|s) + H̄]  (α = exp(log α); ``learn_alpha``),
     targets:      Q' ← polyak(Q', Q, τ).
 
@@ -32,7 +34,6 @@ from mbpo_grad.agents import common
 from mbpo_grad.agents import offpolicy as OP
 from mbpo_grad.agents import hyperparams
 from mbpo_grad.agents.hyperparams import traced
-from mbpo_grad.objectives import actor_q_objective
 from mbpo_grad.policies.base import Policy, sample_and_log_prob
 from mbpo_grad.policies.gaussian import gaussian
 from mbpo_grad.svg import temperature_loss
@@ -76,9 +77,9 @@ class SACLearner(NamedTuple):
 
 
 # --------------------------------------------------------------------------- losses (pure, reusable)
-def sac_actor_loss(policy: Policy, q_fn: Callable, actor_params: PyTree, obs: jax.Array, eps: jax.Array,
-                   alpha: Any) -> jax.Array:
-    """mean_b [α log π(a_b|s_b) − Q(s_b, a_b)], a_b = π(s_b, ε_b): −``mg.actor_q_objective`` (n = 0).
+def soft_q_values(policy: Policy, q_fn: Callable, actor_params: PyTree, obs: jax.Array, eps: jax.Array,
+                  alpha: Any) -> jax.Array:
+    """J_i = Q(s_i, ã_i) − α log π(ã_i|s_i), ã_i = π(s_i, ε_i), shape [B]: ``OP.actor_q_values`` (n = 0).
 
     q_fn(obs, a) -> scalar (e.g. the twin minimum); obs [B, d]; eps [B, *noise_shape].
     The bootstrap of the engine's objective is the soft value Q(s, a) − α log π_w(a|s), so
@@ -91,7 +92,30 @@ def sac_actor_loss(policy: Policy, q_fn: Callable, actor_params: PyTree, obs: ja
         a, lp = action_and_lp
         return q_fn(o, a) - alpha * lp
 
-    return -actor_q_objective(pi, actor_params, soft_q, obs, policy_noise=eps[None])
+    return OP.actor_q_values(pi, actor_params, soft_q, obs, policy_noise=eps)
+
+
+def sac_actor_loss(policy: Policy, q_fn: Callable, actor_params: PyTree, obs: jax.Array, eps: jax.Array,
+                   alpha: Any) -> jax.Array:
+    """mean_b [α log π(a_b|s_b) − Q(s_b, a_b)], a_b = π(s_b, ε_b): −mean of ``soft_q_values`` (n = 0).
+
+    q_fn(obs, a) -> scalar (e.g. the twin minimum); obs [B, d]; eps [B, *noise_shape]; the
+    batch mean of the soft values is ``mg.actor_q_objective`` with the soft-value bootstrap.
+    """
+    return -jnp.mean(soft_q_values(policy, q_fn, actor_params, obs, eps, alpha))
+
+
+def sac_objective(policy: Policy, twin: Any) -> Callable:
+    """``actor_objective(actor_params, batch) -> J [M]``, J_i = min_j Q_j(s_i, ã_i) − α log π(ã_i|s_i),
+    ã_i = π(s_i, ε_i), with the twin critic ``batch.critic``, ε_i = ``batch.policy_noise`` and
+    α = ``batch.alpha`` (an ``OP.ReplayActorBatch``): ``soft_q_values`` on the twin minimum."""
+    def actor_objective(actor_params: PyTree, batch: OP.ReplayActorBatch) -> jax.Array:
+        def q_fn(o, a):
+            return C.twin_min(twin, batch.critic, o, a)
+
+        return soft_q_values(policy, q_fn, actor_params, batch.obs, batch.policy_noise, batch.alpha)
+
+    return actor_objective
 
 
 def soft_targets(policy: Policy, twin: Any, actor_params: PyTree, critic_target: PyTree,
@@ -156,27 +180,34 @@ def make_algo(config: SACConfig, env, policy: Optional[Policy] = None) -> OP.Off
     def alpha_of(l, hp):
         return jnp.exp(l.log_alpha) if config.learn_alpha else hp.init_alpha
 
-    def one_update(l: SACLearner, xs, hp):
-        batch, key = xs
-        k_t, k_a, k_kl = jax.random.split(key, 3)
-        alpha = alpha_of(l, hp)
+    actor_objective = sac_objective(policy, twin)   # J_i = min_j Q_j(s_i, ã_i) − α log π(ã_i|s_i)
+
+    def critic_step(l: SACLearner, batch, k_t, alpha, hp):
+        """(critic, critic_opt, loss, soft targets y) after one Adam step on Σ_i mean (Q_i(s, a) − y)²."""
         y = soft_targets(policy, twin, l.actor, l.critic_target, batch,
                          jax.random.normal(k_t, (bs,) + noise_shape), alpha, hp.gamma)
         c_loss, g = jax.value_and_grad(lambda p: C.q_loss(twin, p, batch["obs"], batch["action"], y))(l.critic)
         upd, c_opt = adam.update(g, l.critic_opt, l.critic)
-        cp = optax.apply_updates(l.critic, upd)
+        return optax.apply_updates(l.critic, upd), c_opt, c_loss, y
 
-        eps = jax.random.normal(k_a, (bs,) + noise_shape)
-        obs = batch["obs"]
+    def make_actor_batch(obs, k_a, cp, alpha):
+        """The actor step's batch: the minibatch's observations, fresh ε ~ N(0, I) from ``k_a``,
+        the freshly stepped twin critic and the temperature α."""
+        return OP.ReplayActorBatch(obs, jax.random.normal(k_a, (obs.shape[0],) + noise_shape), cp, alpha)
 
-        def q_fn(o, a):
-            return C.twin_min(twin, cp, o, a)
-
-        def loss(p):
-            return sac_actor_loss(policy, q_fn, p, obs, eps, alpha)
+    def one_update(l: SACLearner, xs, hp):
+        batch, key = xs
+        k_t, k_a, k_kl = jax.random.split(key, 3)
+        alpha = alpha_of(l, hp)
+        cp, c_opt, c_loss, y = critic_step(l, batch, k_t, alpha, hp)
+        ab = make_actor_batch(batch["obs"], k_a, cp, alpha)
+        obs, eps = ab.obs, ab.policy_noise
 
         tr_metrics = {}
         if config.trust_region:
+            def loss(p):
+                return -jnp.mean(actor_objective(p, ab))
+
             old = l.actor
             a_loss = loss(old)
             # closed-form KL for the Gaussian, fresh samples (independent of the Fisher's) for flows
@@ -185,9 +216,7 @@ def make_algo(config: SACConfig, env, policy: Optional[Policy] = None) -> OP.Off
             tr_metrics = {"tr_accepted": info.accepted.astype(jnp.float32), "tr_kl": info.kl,
                           "tr_radius": info.new_radius}
         else:
-            a_loss, g = jax.value_and_grad(loss)(l.actor)
-            upd, a_opt = adam.update(g, l.actor_opt, l.actor)
-            ap = optax.apply_updates(l.actor, upd)
+            ap, a_opt, a_loss = OP.actor_adam_step(actor_objective, adam, l.actor, l.actor_opt, ab)
             tr = l.tr
 
         la, al_opt = l.log_alpha, l.alpha_opt
@@ -201,14 +230,28 @@ def make_algo(config: SACConfig, env, policy: Optional[Policy] = None) -> OP.Off
         return l, {"critic_loss": c_loss, "actor_loss": a_loss, "alpha": alpha, "q_mean": jnp.mean(y),
                    **tr_metrics}
 
-    def learn(learner, buf, hp, key):
+    def split_learn_key(buf, key, n):
         kb, kn = jax.random.split(key)
-        batches = OP.sample_batches(buf, kb, U, bs)
-        learner, m = jax.lax.scan(lambda l, xs: one_update(l, xs, hp), learner, (batches, jax.random.split(kn, U)))
+        return OP.sample_batches(buf, kb, n, bs), jax.random.split(kn, n)
+
+    def learn(learner, buf, hp, key):
+        batches, keys = split_learn_key(buf, key, U)
+        learner, m = jax.lax.scan(lambda l, xs: one_update(l, xs, hp), learner, (batches, keys))
         return learner, jax.tree_util.tree_map(jnp.mean, m)
 
+    def actor_batch(learner, buf, hp, key):
+        """The batch of the first actor step of ``learn(learner, buf, hp, key)``: its first minibatch,
+        ε and α (same key splits) and the critic after the critic step before it (with U = 0
+        updates, learn takes no step: the batch one update would use)."""
+        batches, keys = split_learn_key(buf, key, max(U, 1))
+        batch = jax.tree_util.tree_map(lambda x: x[0], batches)
+        k_t, k_a, _ = jax.random.split(keys[0], 3)
+        alpha = alpha_of(learner, hp)
+        return make_actor_batch(batch["obs"], k_a, critic_step(learner, batch, k_t, alpha, hp)[0], alpha)
+
     name = "sac" if policy.name == "gaussian" else f"sac-{policy.name}"
-    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, learn, name, policy_params, eval_act)
+    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, learn, name, policy_params, eval_act,
+                            actor_objective=actor_objective, actor_batch=actor_batch)
 
 
 def default_policy(config: SACConfig, obs_size: int, action_size: int) -> Policy:
@@ -221,5 +264,6 @@ make_agent, make_train_fn, run, train, make_act_for = (AGENT.make_agent, AGENT.m
                                                        AGENT.make_act_for)
 
 
-__all__ = ["SACConfig", "HParams", "SACLearner", "sac_actor_loss", "soft_targets", "temperature_loss",
-           "make_algo", "make_agent", "make_train_fn", "run", "train", "make_act_for", "default_policy", "AGENT", "validate"]
+__all__ = ["SACConfig", "HParams", "SACLearner", "soft_q_values", "sac_actor_loss", "sac_objective", "soft_targets",
+           "temperature_loss", "make_algo", "make_agent", "make_train_fn", "run", "train", "make_act_for",
+           "default_policy", "AGENT", "validate"]

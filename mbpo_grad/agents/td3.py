@@ -9,8 +9,10 @@ DDPG (``ddpg``) with three changes, each against over-estimation of Q:
 * delayed updates: the actor and the target networks move once every ``policy_delay``
   critic steps.
 
-Actor: ascend J_0(w) = mean_s Q_1(s, π_w(s)) (``ddpg.dpg_actor_loss`` with the first head,
-the engine's n = 0 objective, as in the paper). Exploration: a = clip(π(s) + σ ε, −1, 1),
+Actor: ascend J_0(w) = mean_s Q_1(s, π_w(s)) (``ddpg.dpg_objective`` with the first head,
+the engine's n = 0 objective, as in the paper): the agent's ``actor_objective``, J_i = Q_1(s_i, π(s_i))
+on an ``offpolicy.ReplayActorBatch`` holding the twin critic (``actor_batch``: the batch of ``learn``'s
+first actor step). Exploration: a = clip(π(s) + σ ε, −1, 1),
 uncorrelated Gaussian noise (``explore_noise`` = σ).
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ from mbpo_grad import exploration as X
 from mbpo_grad.agents import offpolicy as OP
 from mbpo_grad.agents import hyperparams
 from mbpo_grad.agents.hyperparams import traced
-from mbpo_grad.agents.ddpg import _policy_for, dpg_actor_loss
+from mbpo_grad.agents.ddpg import _policy_for, dpg_objective
 from mbpo_grad.policies.base import Policy
 from mbpo_grad.policies.deterministic import deterministic
 
@@ -129,22 +131,33 @@ def make_algo(config: TD3Config, env, policy: Optional[Policy] = None) -> OP.Off
 
     policy_params, eval_act = OP.actor_policy(policy)
 
-    def one_update(l: TD3Learner, xs, hp):
-        batch, key = xs
+    q1_objective = dpg_objective(policy, single.apply)
+
+    def actor_objective(actor_params, batch: OP.ReplayActorBatch):
+        """J_i = Q_1(s_i, π(s_i)): the first head of the twin ``batch.critic`` (``dpg_objective``)."""
+        return q1_objective(actor_params, batch._replace(critic=first_head(batch.critic)))
+
+    def critic_step(l: TD3Learner, batch, key, hp):
+        """(critic, critic_opt, loss, targets y) after one Adam step on Σ_i mean (Q_i(s, a) − y)²."""
         eps = jax.random.normal(key, (bs, act_dim))
         y = td3_targets(policy, twin, l.actor_target, l.critic_target, batch, eps, hp.gamma, hp.target_noise,
                         hp.target_noise_clip)
         c_loss, g = jax.value_and_grad(lambda p: C.q_loss(twin, p, batch["obs"], batch["action"], y))(l.critic)
         upd, c_opt = adam.update(g, l.critic_opt, l.critic)
-        cp = optax.apply_updates(l.critic, upd)
+        return optax.apply_updates(l.critic, upd), c_opt, c_loss, y
+
+    def make_actor_batch(obs, cp):
+        """The actor step's batch: the minibatch's observations and the freshly stepped twin critic."""
+        return OP.ReplayActorBatch(obs, None, cp)
+
+    def one_update(l: TD3Learner, xs, hp):
+        batch, key = xs
+        cp, c_opt, c_loss, y = critic_step(l, batch, key, hp)
         step = l.step + 1
 
         def actor_and_targets(args):
             ap, a_opt, at, ct = args
-            loss, g = jax.value_and_grad(
-                lambda p: dpg_actor_loss(policy, single.apply, p, first_head(cp), batch["obs"]))(ap)
-            upd, a_opt = adam.update(g, a_opt, ap)
-            ap = optax.apply_updates(ap, upd)
+            ap, a_opt, loss = OP.actor_adam_step(actor_objective, adam, ap, a_opt, make_actor_batch(batch["obs"], cp))
             return (ap, a_opt, C.polyak(at, ap, hp.tau), C.polyak(ct, cp, hp.tau)), loss
 
         def hold(args):
@@ -156,15 +169,36 @@ def make_algo(config: TD3Config, env, policy: Optional[Policy] = None) -> OP.Off
         return l, {"critic_loss": c_loss, "actor_loss": a_loss, "actor_updated": (step % delay == 0),
                    "q_mean": jnp.mean(y)}
 
-    def learn(learner, buf, hp, key):
+    def split_learn_key(buf, key, n):
         kb, kn = jax.random.split(key)
-        batches = OP.sample_batches(buf, kb, U, bs)
-        learner, m = jax.lax.scan(lambda l, xs: one_update(l, xs, hp), learner, (batches, jax.random.split(kn, U)))
+        return OP.sample_batches(buf, kb, n, bs), jax.random.split(kn, n)
+
+    def learn(learner, buf, hp, key):
+        batches, keys = split_learn_key(buf, key, U)
+        learner, m = jax.lax.scan(lambda l, xs: one_update(l, xs, hp), learner, (batches, keys))
         n_act = jnp.maximum(jnp.sum(m["actor_updated"]), 1)
         return learner, {"critic_loss": jnp.mean(m["critic_loss"]), "actor_loss": jnp.sum(m["actor_loss"]) / n_act,
                          "q_mean": jnp.mean(m["q_mean"])}
 
-    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, learn, "td3", policy_params, eval_act)
+    def actor_batch(learner, buf, hp, key):
+        """The batch of the first actor step of ``learn(learner, buf, hp, key)``: update j's minibatch
+        and the critic after critic steps 0..j, j the first with (step + j + 1) % policy_delay = 0
+        (before it the targets have not moved, so the critic steps are learn's). When learn takes
+        no actor step (U < policy_delay), the batch of its last update, j = U − 1."""
+        n = max(U, 1)
+        batches, keys = split_learn_key(buf, key, n)
+
+        def critic_only(l, xs):
+            cp, c_opt, _, _ = critic_step(l, xs[0], xs[1], hp)
+            return l._replace(critic=cp, critic_opt=c_opt), cp
+
+        _, cps = jax.lax.scan(critic_only, learner, (batches, keys))
+        acts = (learner.step + 1 + jnp.arange(n)) % delay == 0
+        j = jnp.where(jnp.any(acts), jnp.argmax(acts), n - 1)
+        return make_actor_batch(batches["obs"][j], jax.tree_util.tree_map(lambda x: x[j], cps))
+
+    return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, learn, "td3", policy_params, eval_act,
+                            actor_objective=actor_objective, actor_batch=actor_batch)
 
 
 def default_policy(config: TD3Config, obs_size: int, action_size: int) -> Policy:
