@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mbpo_grad.nn import mlp
+from mbpo_grad.validation import check_int
 
 #: Margin of the tanh inverse for float32 (and wider types without their own entry):
 #: ``atanh`` is applied to ``clip(y, −1 + ε, 1 − ε)``. See ``tanh_clip_eps``.
@@ -90,11 +91,7 @@ class Bijector(NamedTuple):
 # --------------------------------------------------------------------------- helpers
 
 def _check_dim(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a Python int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+    return check_int(value, name, minimum=minimum)
 
 
 def _check_positive_float(value: Any, name: str) -> float:

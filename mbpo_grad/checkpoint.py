@@ -85,6 +85,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mbpo_grad.validation import check_int
+
 PyTree = Any
 
 __all__ = ["save", "restore", "latest_step", "all_steps", "read_meta", "temporary_dirs",
@@ -463,9 +465,7 @@ def save(directory: Any, step: int, state: PyTree, *, config: Dict[str, Any], ke
     directory = _check_directory(directory)
     step = _check_step(step)
     if keep is not None:
-        if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or keep < 1:
-            raise ValueError(f"keep must be an int >= 1 or None, got {keep!r}")
-        keep = int(keep)
+        keep = check_int(keep, "keep")
     cfg = _normalize_config(config)
 
     paths, leaves, treedef = _leaf_paths(state)

@@ -32,8 +32,7 @@ PyTree = Any
 
 
 def _check_dim(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    V.check_int(value, name)
 
 
 def v_critic(obs_dim: int, hidden: Sequence[int] = (64, 64), activation: Callable = nn.elu,

@@ -48,6 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mbpo_grad.validation import check_int
+
 PyTree = Any
 
 __all__ = [
@@ -274,8 +276,7 @@ def skip_rate_message(
 
     Returns None when the rate is acceptable, else one message to raise.
     """
-    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
-        raise ValueError(f"window must be an int >= 1, got {window!r}")
+    check_int(window, "window")
     if not 0.0 <= float(threshold) < 1.0:
         raise ValueError(f"threshold must lie in [0, 1), got {threshold}")
     flags = np.asarray(list(skipped), dtype=np.float64).reshape(-1)

@@ -45,6 +45,7 @@ import numpy as np
 from jax.extend import core as jcore
 
 from mbpo_grad.rollout import _call_reward
+from mbpo_grad.validation import check_int
 
 PyTree = Any
 _MAX_LOOP = 1_000_000  # while-loop iterations replayed on the host before giving up
@@ -410,9 +411,7 @@ def locate_nan(
     is the exact per-step factorisation of reverse mode: summing the g_t it computes
     gives ``jax.grad`` of the same J (up to float rounding).
     """
-    if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
-        raise ValueError(f"horizon must be an int >= 1, got {horizon!r}")
-    horizon = int(horizon)
+    horizon = check_int(horizon, "horizon", why="it fixes array shapes, so it is static")
     if not callable(policy) or not callable(step) or not callable(reward):
         raise TypeError("policy, step and reward must be callable")
     _check_leading(policy_noise, "policy_noise", horizon)

@@ -16,9 +16,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from mbpo_grad.validation import is_concrete
+from mbpo_grad.validation import check_int, is_concrete
 
 PyTree = Any
 
@@ -37,10 +36,7 @@ class ReplayBuffer(NamedTuple):
 
 def init(capacity: int, example: PyTree) -> ReplayBuffer:
     """An empty buffer of ``capacity`` items shaped and typed like ``example`` (one item, no batch axis)."""
-    if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)):
-        raise TypeError(f"capacity must be a Python int, got {type(capacity).__name__} {capacity!r}")
-    if capacity <= 0:
-        raise ValueError(f"capacity must be > 0, got {capacity}")
+    check_int(capacity, "capacity")
     leaves = jax.tree_util.tree_leaves(example)
     if not leaves:
         raise ValueError("example is an empty pytree; pass one item, e.g. {'s': obs, 'a': action, ...}")
@@ -90,8 +86,7 @@ def add(buffer: ReplayBuffer, batch: PyTree) -> ReplayBuffer:
 
 def sample_indices(buffer: ReplayBuffer, key: jax.Array, n: int) -> jax.Array:
     """n slot indices uniform over the stored items (with replacement); int32 [n]."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"n must be a non-negative Python int (it fixes the output shape), got {n!r}")
+    check_int(n, "n", minimum=0, why="it fixes the output shape")
     if is_concrete(buffer.size) and int(buffer.size) == 0:
         raise ValueError("buffer is empty: add items before sampling")
     return jax.random.randint(key, (int(n),), 0, jnp.maximum(buffer.size, 1)).astype(jnp.int32)

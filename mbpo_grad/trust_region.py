@@ -63,7 +63,7 @@ import numpy as np
 
 from mbpo_grad.policies.base import Policy
 from mbpo_grad.policies.gaussian import diag_gaussian_kl
-from mbpo_grad.validation import is_concrete
+from mbpo_grad.validation import check_int, is_concrete
 
 PyTree = Any
 
@@ -122,8 +122,7 @@ def conjugate_gradient(matvec: Callable[[PyTree], PyTree], b: PyTree, iters: int
     ``iters`` fixed iterations of Hestenes–Stiefel CG from x = 0 (a ``lax.fori_loop``); once
     the residual's squared norm is below ``tol`` the iterate stops moving.
     """
-    if isinstance(iters, bool) or not isinstance(iters, (int, np.integer)) or iters < 1:
-        raise ValueError(f"iters must be an int >= 1, got {iters!r}")
+    check_int(iters, "iters")
     x = jax.tree_util.tree_map(jnp.zeros_like, b)
     r = b
     p = b
@@ -182,8 +181,7 @@ def step(
 
     Returns (new_params, new_state, TrustRegionInfo). Accepted ⇒ info.kl ≤ radius.
     """
-    if isinstance(max_backtracks, bool) or not isinstance(max_backtracks, (int, np.integer)) or max_backtracks < 1:
-        raise ValueError(f"max_backtracks must be an int >= 1, got {max_backtracks!r}")
+    check_int(max_backtracks, "max_backtracks")
     if not callable(objective):
         raise TypeError("objective must be callable: objective(params) -> scalar to maximise")
     if isinstance(kl, PolicyKL):
@@ -297,8 +295,7 @@ def policy_kl(policy: Policy, old_params: PyTree, obs: jax.Array, key: Any = Non
             return jnp.mean(per_state(old_params, new_params, obs))
 
         return PolicyKL(exact, exact, True)
-    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
-        raise ValueError(f"samples must be an int >= 1, got {samples!r}")
+    check_int(samples, "samples")
     if key is None:
         raise ValueError(f"key: policy {policy.name!r} has no closed-form kl, so the sampled KL needs a PRNG key")
     if is_concrete(confidence) and not float(np.asarray(confidence)) >= 0.0:

@@ -23,14 +23,30 @@ def is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+class IntTypeError(TypeError, ValueError):
+    """A non-integer where an int is required. Both a TypeError (the kind of the mistake) and a
+    ValueError, so ``except ValueError`` around a config catches every bad setting."""
+
+
+def check_int(value: Any, name: str, *, minimum: int = 1, allow_none: bool = False,
+              why: str = "") -> Any:
+    """The one integer-setting check: ``value`` is an int (Python or NumPy, not bool) >= ``minimum``
+    (None passes with ``allow_none``). Returns ``int(value)``. Raises ``IntTypeError`` for a
+    non-int, ValueError below the minimum; both messages name the argument (``why`` is appended
+    to the type error, e.g. "it fixes array shapes, so it is static")."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        extra = " or None" if allow_none else ""
+        raise IntTypeError(f"{name} must be an int{extra}{f' ({why})' if why else ''}; "
+                           f"got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def check_horizon(horizon: Any, name: str = "horizon") -> int:
-    if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)):
-        raise TypeError(
-            f"{name} must be a Python int (it fixes array shapes, so it is static); got {type(horizon).__name__} {horizon!r}"
-        )
-    if horizon < 0:
-        raise ValueError(f"{name} must be >= 0, got {horizon}")
-    return int(horizon)
+    return check_int(horizon, name, minimum=0, why="it fixes array shapes, so it is static")
 
 
 def check_unit_interval(value: Any, name: str) -> None:

@@ -177,7 +177,7 @@ def _bad_envs():
                       r"env\.done must return a bool scalar \(shape \(\)\) on the state reset returns, got \(2,\) bool"),
         "integer state": (_line_env(reset=lambda k: jnp.zeros((2,), jnp.int32)),
                           r"env\.reset must return a state with a floating-point leaf"),
-        "obs_size": (_line_env(obs_size=0), r"env\.obs_size must be an int >= 1, got 0"),
+        "obs_size": (_line_env(obs_size=0), r"env\.obs_size must be >= 1, got 0"),
         "noise_shape": (_line_env(noise_shape=[2]), r"env\.noise_shape must be a tuple"),
     }
 

@@ -68,7 +68,7 @@ def test_negative_horizon(horizon):
 
 @pytest.mark.parametrize("horizon", [2.0, "3", None, True, jnp.array(3)])
 def test_non_int_horizon(horizon):
-    with pytest.raises(TypeError, match="horizon must be a Python int"):
+    with pytest.raises(TypeError, match="horizon must be an int"):
         call(horizon=horizon)
 
 

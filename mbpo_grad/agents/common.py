@@ -40,7 +40,7 @@ from jax import lax
 from mbpo_grad.policies.base import Policy
 from mbpo_grad.rollout import TransitionReward, transition_reward
 from mbpo_grad.sweeps import sweep
-from mbpo_grad.validation import check_policy
+from mbpo_grad.validation import check_int, check_policy
 
 PyTree = Any
 
@@ -151,11 +151,8 @@ def normalised_act(policy: Policy, obs_norm: bool) -> Callable[[PyTree, jax.Arra
 
 # --------------------------------------------------------------------------- config validation
 def pos_int(value, name, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(value)
+    """``validation.check_int`` (the one integer check) for config fields."""
+    return check_int(value, name, minimum=minimum)
 
 
 def make_env(name, **kw):

@@ -32,7 +32,6 @@ from typing import Any, Callable, NamedTuple, Tuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from mbpo_grad import critics as C
@@ -42,6 +41,7 @@ from mbpo_grad.agents import offpolicy as OP
 from mbpo_grad.agents import hyperparams
 from mbpo_grad.agents.hyperparams import traced
 from mbpo_grad.agents.common import Agent
+from mbpo_grad.validation import check_int
 from mbpo_grad.nn import mlp
 
 PyTree = Any
@@ -61,8 +61,7 @@ def maximize_q(q: Callable[[jax.Array], jax.Array], starts: jax.Array, *, steps:
     never worse than the best start). One observation: ``q`` closes over it; batch with
     ``jax.vmap``.
     """
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    check_int(steps, "steps", minimum=0)
     starts = jnp.asarray(starts)
     if starts.ndim != 2:
         raise ValueError(f"starts must have shape [M, act_dim], got {starts.shape}")

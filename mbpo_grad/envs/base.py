@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mbpo_grad.validation import describe_shapes, trace_call
+from mbpo_grad.validation import check_int, describe_shapes, trace_call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,9 +46,7 @@ class Env:
 
 # --------------------------------------------------------------------------- interface check
 def _check_size(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"env.{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
+    return check_int(value, f"env.{name}", minimum=minimum)
 
 
 def check_env(env: "Env") -> "Env":

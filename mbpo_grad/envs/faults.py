@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mbpo_grad.envs.base import Env
+from mbpo_grad.validation import check_int
 
 PyTree = Any
 
@@ -125,9 +126,7 @@ def inject_faults(env: Env, *, rate: Any, value: Any = float("nan"), start_step:
         raise TypeError(f"env must be an envs.base.Env, got {type(env).__name__}")
     _check_rate(rate)
     value = _check_value(value)
-    if isinstance(start_step, bool) or not isinstance(start_step, (int, np.integer)) or start_step < 0:
-        raise ValueError(f"start_step must be an int >= 0, got {start_step!r}")
-    start_step = int(start_step)
+    start_step = check_int(start_step, "start_step", minimum=0)
 
     def reset(key):
         k_env, k_fault = jax.random.split(key)

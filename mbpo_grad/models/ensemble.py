@@ -51,12 +51,12 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import flax.linen as fnn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax import lax
 
 from mbpo_grad.nn import mlp
 from mbpo_grad.rollout import transition_reward
+from mbpo_grad.validation import check_int
 
 PyTree = Any
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -136,11 +136,7 @@ def _get(data, name):
 
 
 def _check_pos_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a Python int, got {type(value).__name__} {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return int(value)
+    return check_int(value, name)
 
 
 def gaussian_ensemble(

@@ -40,14 +40,11 @@ from mbpo_grad.bijectors import clip_to_open_unit, log1m_tanh_sq, soft_clip, sta
 from mbpo_grad.nn import mlp
 from mbpo_grad.policies._squash import check_action, check_vector
 from mbpo_grad.policies.base import Policy
+from mbpo_grad.validation import check_int
 
 
 def _check_int(value, name, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a Python int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
+    return check_int(value, name, minimum=minimum)
 
 
 def diag_gaussian_kl(mu0, log_std0, mu1, log_std1):

@@ -120,10 +120,7 @@ def validate(config: SHACConfig, env=None) -> Tuple[Any, int]:
         env = common.check_user_env(env)
     episode_length = config.episode_length if config.episode_length is not None else env.episode_length
     episode_length = common.pos_int(episode_length, "episode_length")
-    if isinstance(config.horizon, bool) or not isinstance(config.horizon, (int, np.integer)):
-        raise TypeError(f"horizon must be an int, got {type(config.horizon).__name__}")
-    if config.horizon < 1:
-        raise ValueError(f"horizon must be >= 1 (the window n of steps per iteration), got {config.horizon}")
+    common.pos_int(config.horizon, "horizon")  # the window n of steps per iteration
     if config.horizon > episode_length:
         raise ValueError(f"horizon ({config.horizon}) must be <= episode_length ({episode_length})")
     common.pos_int(config.num_envs, "num_envs")
