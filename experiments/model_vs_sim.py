@@ -89,7 +89,7 @@ def collect(env, policy, params, key, *, episodes: int, explore_std: float = 0.5
                           dynamics_noise=xi, done=env.done)
     obs = jax.vmap(jax.vmap(env.observe))(traj.states)                       # [E, T+1, d]
     live = traj.alive[:, :-1] > 0                                            # [E, T]
-    data = {"s": obs[:, :-1], "a": traj.actions[:, :-1], "r": traj.rewards, "s_next": obs[:, 1:]}
+    data = {"obs": obs[:, :-1], "action": traj.actions[:, :-1], "reward": traj.rewards, "next_obs": obs[:, 1:]}
     return data, live
 
 

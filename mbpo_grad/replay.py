@@ -12,7 +12,7 @@ The buffer is a ring: item i of a batch added when ``insert == p`` lands in slot
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +20,27 @@ import jax.numpy as jnp
 from mbpo_grad.validation import check_int, is_concrete
 
 PyTree = Any
+
+TRANSITION_FIELDS = ("obs", "action", "reward", "next_obs")
+"""The one transition schema: what the agents store (plus ``discount`` = 1 − terminal) and what
+``models.fit`` and the SVG replay estimators read. Leading axis N (one row per transition)."""
+_OLD_FIELDS = {"s": "obs", "a": "action", "r": "reward", "s_next": "next_obs"}
+
+
+def transition_field(batch: Any, name: str, what: str = "batch") -> Any:
+    """``batch[name]`` (or ``batch.name``) of a transition batch, with an error naming ``what`` and the
+    schema (``TRANSITION_FIELDS``) when it is missing; the pre-0.2 names s / a / r / s_next are
+    refused with the rename."""
+    has = (lambda k: k in batch) if isinstance(batch, Mapping) else (lambda k: hasattr(batch, k))
+    get = (lambda k: batch[k]) if isinstance(batch, Mapping) else (lambda k: getattr(batch, k))
+    if has(name):
+        return get(name)
+    old = [k for k in _OLD_FIELDS if has(k)]
+    if old:
+        renames = ", ".join(f"{k} -> {_OLD_FIELDS[k]}" for k in old)
+        raise ValueError(f"{what}: transition fields are named {', '.join(TRANSITION_FIELDS)} (as the replay "
+                         f"buffer stores them); rename {renames}")
+    raise ValueError(f"{what}: missing field {name!r}; expected {', '.join(TRANSITION_FIELDS)}")
 
 
 class ReplayBuffer(NamedTuple):

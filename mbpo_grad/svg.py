@@ -35,6 +35,7 @@ import numpy as np
 from mbpo_grad import validation as V
 from mbpo_grad.objectives import pathwise_objective, pathwise_returns
 from mbpo_grad.policies.base import sample_and_log_prob
+from mbpo_grad.replay import TRANSITION_FIELDS, transition_field
 from mbpo_grad.rollout import transition_reward
 
 PyTree = Any
@@ -229,13 +230,7 @@ def importance_weights(log_prob: jax.Array, behaviour_log_prob: jax.Array, cap: 
 
 
 def _field(batch, name):
-    if isinstance(batch, Mapping):
-        if name not in batch:
-            raise ValueError(f"batch: missing field {name!r}; expected s, a, r, s_next")
-        return batch[name]
-    if not hasattr(batch, name):
-        raise ValueError(f"batch: missing field {name!r}; expected s, a, r, s_next")
-    return getattr(batch, name)
+    return transition_field(batch, name, "batch")
 
 
 def replay_noise(policy, params, model, model_params, batch, *, member):
@@ -244,7 +239,7 @@ def replay_noise(policy, params, model, model_params, batch, *, member):
     Returns ``(eps [B, *noise_shape], xi)`` with ε_b = π⁻¹(a_b; s_b) and ξ_b = f⁻¹(s'_b, r_b; s_b, a_b)
     for elite slot ``member[b]`` (array [B]).
     """
-    s, a, r, s_next = (_field(batch, n) for n in ("s", "a", "r", "s_next"))
+    s, a, r, s_next = (_field(batch, n) for n in TRANSITION_FIELDS)
     eps = jax.vmap(policy.infer_noise, in_axes=(None, 0, 0))(params, s, a)
     xi = jax.vmap(model.infer_noise, in_axes=(None, 0, 0, 0, 0, 0))(model_params, s, a, s_next, r, member)
     return jax.lax.stop_gradient(eps), jax.lax.stop_gradient(xi)
@@ -286,7 +281,7 @@ def replay_log_ratio(policy, params, obs, eps_hat, *, behaviour_log_prob=None, b
         noise = jnp.asarray(behaviour_noise)
         if noise.shape != eps_hat.shape:
             raise ValueError(f"behaviour_noise must have shape [B, *noise_shape] = {eps_hat.shape} "
-                             f"(batch['s'] {obs.shape}), got {noise.shape}")
+                             f"(batch['obs'] {obs.shape}), got {noise.shape}")
         bp = jax.lax.stop_gradient(behaviour_params)
         if getattr(policy, "log_ratio", None) is not None:
             log_r = jax.vmap(policy.log_ratio, in_axes=(None, None, 0, 0))(bp, params, obs, noise)
@@ -314,10 +309,10 @@ def svg_replay_returns(
     the noise (inferred ε̂_b at s_b, drawn ε'_b at ŝ'_b). Weights: ``replay_log_ratio``, truncated
     at ``cap``. See ``svg_replay_objective``.
     """
-    s = jnp.asarray(_field(batch, "s"))
-    for name in ("a", "r", "s_next"):
+    s = jnp.asarray(_field(batch, "obs"))
+    for name in TRANSITION_FIELDS[1:]:
         _field(batch, name)
-    V.check_states(s, "batch['s']")
+    V.check_states(s, "batch['obs']")
     B = s.shape[0]
     k_member, k_next = (None, None) if key is None else jax.random.split(key)
     if member is None:
@@ -364,7 +359,8 @@ def svg_replay_objective(
       policy: a policy bundle with ``infer_noise`` and ``log_prob``.
       params: the CURRENT policy parameters (the noise is inferred under them).
       model, model_params: a model bundle (``mg.models.gaussian_ensemble``) and its parameters.
-      batch: stored transitions, mapping/NamedTuple with s [B, obs], a [B, act], r [B], s_next [B, obs].
+      batch: stored transitions (``replay.TRANSITION_FIELDS``), mapping/NamedTuple with obs [B, obs],
+        action [B, act], reward [B], next_obs [B, obs].
       critic: ``critic(obs, action)`` evaluated at (ŝ', π(ŝ', ε')), or None (immediate reward only).
       gamma: discount.
       key: PRNG key for ε' at s' and (if ``member`` is None) the model member per transition.

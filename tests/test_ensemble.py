@@ -144,7 +144,7 @@ def _linear_system(key, n, noise=0.05):
     e = noise * jax.random.normal(k3, (n, 3))
     mean_next = s @ A.T + a @ Bm.T
     mean_r = s @ c + d * a[:, 0]
-    return {"s": s, "a": a, "s_next": mean_next + e[:, :2], "r": mean_r + e[:, 2]}, mean_next, mean_r
+    return {"obs": s, "action": a, "next_obs": mean_next + e[:, :2], "reward": mean_r + e[:, 2]}, mean_next, mean_r
 
 
 @pytest.mark.slow
@@ -168,15 +168,15 @@ def test_fit_learns_linear_gaussian_system_and_selects_elites():
     # the reported holdout MSE is that of the returned parameters on the holdout rows
     idx = np.asarray(metrics["holdout_idx"])
     assert len(idx) == 200
-    mean, _ = jax.vmap(m.predict, in_axes=(None, 0, 0))(params, data["s"][idx], data["a"][idx])
-    y = jnp.concatenate([data["s_next"][idx] - data["s"][idx], data["r"][idx][:, None]], -1)
+    mean, _ = jax.vmap(m.predict, in_axes=(None, 0, 0))(params, data["obs"][idx], data["action"][idx])
+    y = jnp.concatenate([data["next_obs"][idx] - data["obs"][idx], data["reward"][idx][:, None]], -1)
     np.testing.assert_allclose(jnp.mean((mean - y[:, None, :]) ** 2, axis=(0, 2)), hmse, rtol=1e-4)
     # fresh test data: the elite mean tracks the noiseless system and σ the noise level
     test, mean_next, mean_r = _linear_system(jax.random.PRNGKey(9), 500, noise)
-    s_det, r_det = jax.vmap(m.sample, in_axes=(None, 0, 0, None))(params, test["s"], test["a"], None)
+    s_det, r_det = jax.vmap(m.sample, in_axes=(None, 0, 0, None))(params, test["obs"], test["action"], None)
     assert float(jnp.mean((s_det - mean_next) ** 2)) < 5e-4
     assert float(jnp.mean((r_det - mean_r) ** 2)) < 1e-3
-    _, lv = jax.vmap(m.predict, in_axes=(None, 0, 0))(params, test["s"], test["a"])
+    _, lv = jax.vmap(m.predict, in_axes=(None, 0, 0))(params, test["obs"], test["action"])
     sigma = np.exp(0.5 * np.asarray(lv)[:, np.asarray(params.elites)])
     assert 0.8 * noise < np.median(sigma) < 1.25 * noise, np.median(sigma)
 
@@ -239,9 +239,13 @@ def test_bad_arguments_are_named():
         gaussian_ensemble(2, 1, holdout_fraction=1.0)
     m = gaussian_ensemble(2, 1, ensemble_size=2, elites=1, hidden=(4,))
     p = None  # the data is checked before the parameters are touched
-    data = {"s": jnp.zeros((10, 2)), "a": jnp.zeros((10, 2)), "r": jnp.zeros((10,)), "s_next": jnp.zeros((10, 2))}
-    with pytest.raises(ValueError, match=r"data\['a'\]"):
+    data = {"obs": jnp.zeros((10, 2)), "action": jnp.zeros((10, 2)), "reward": jnp.zeros((10,)),
+            "next_obs": jnp.zeros((10, 2))}
+    with pytest.raises(ValueError, match=r"data\['action'\]"):
         m.fit(p, data, jax.random.PRNGKey(0))
-    del data["r"]
-    with pytest.raises(ValueError, match="'r'"):
+    del data["reward"]
+    with pytest.raises(ValueError, match="'reward'"):
         m.fit(p, data, jax.random.PRNGKey(0))
+    old = {"s": data["obs"], "a": data["action"][:, :1], "r": jnp.zeros((10,)), "s_next": data["next_obs"]}
+    with pytest.raises(ValueError, match="rename s -> obs, a -> action, r -> reward, s_next -> next_obs"):
+        m.fit(p, old, jax.random.PRNGKey(0))

@@ -190,7 +190,7 @@ def _on_policy_data(pol, w, m, mp, key):
     a = jax.vmap(pol.sample, in_axes=(None, 0, 0))(w, s, eps[0])
     s_next, r = jax.vmap(m.sample, in_axes=(None, 0, 0, 0))(mp, s, a, jax.tree_util.tree_map(lambda x: x[0], xi))
     lp = jax.vmap(pol.log_prob, in_axes=(None, 0, 0))(w, s, a)
-    return s, eps, xi, {"s": s, "a": a, "r": r, "s_next": s_next}, lp
+    return s, eps, xi, {"obs": s, "action": a, "reward": r, "next_obs": s_next}, lp
 
 
 @pytest.mark.parametrize("kind", ["linear", "gaussian"])
@@ -264,8 +264,8 @@ def test_replay_importance_weights_are_truncated_constants():
     np.testing.assert_array_equal(w1, 1.0)
     with pytest.raises(ValueError, match="key"):
         svg.svg_replay_objective(pol, w, m, mp, batch, critic=_critic2)
-    with pytest.raises(ValueError, match="s_next"):
-        svg.svg_replay_objective(pol, w, m, mp, {k: v for k, v in batch.items() if k != "s_next"},
+    with pytest.raises(ValueError, match="next_obs"):
+        svg.svg_replay_objective(pol, w, m, mp, {k: v for k, v in batch.items() if k != "next_obs"},
                                  key=jax.random.PRNGKey(0))
 
 
@@ -297,7 +297,7 @@ def test_replay_weights_exact_where_float32_tanh_saturates():
     assert np.all(np.asarray(a) == 1.0)  # 1 − tanh(u) ≤ 1e-8 < 2^-25: float32 has rounded every action
     s_next, r = jax.vmap(m.sample, in_axes=(None, 0, 0, 0))(
         mp, s, a, jax.tree_util.tree_map(lambda x: x[0], m.sample_noise(jax.random.PRNGKey(7), (1, B))))
-    batch = {"s": s, "a": a, "r": r, "s_next": s_next}
+    batch = {"obs": s, "action": a, "reward": r, "next_obs": s_next}
     kw = dict(critic=_critic2, gamma=0.9, member=jnp.zeros(B), next_policy_noise=jnp.zeros((B, ACT)), cap=1e6)
 
     with jax.enable_x64(True):

@@ -56,6 +56,7 @@ from jax import lax
 
 from mbpo_grad.nn import mlp
 from mbpo_grad.rollout import transition_reward
+from mbpo_grad.replay import transition_field
 from mbpo_grad.validation import check_int
 
 PyTree = Any
@@ -126,13 +127,7 @@ class GaussianEnsemble(NamedTuple):
 
 
 def _get(data, name):
-    if isinstance(data, Mapping):
-        if name not in data:
-            raise ValueError(f"data: missing field {name!r}; expected s, a, r, s_next")
-        return data[name]
-    if not hasattr(data, name):
-        raise ValueError(f"data: missing field {name!r}; expected s, a, r, s_next")
-    return getattr(data, name)
+    return transition_field(data, name, "data")
 
 
 def _check_pos_int(value, name):
@@ -394,7 +389,8 @@ def gaussian_ensemble(
     _fit_jit = jax.jit(_fit_impl, static_argnames=("epochs",))
 
     def fit(params, data, key, *, epochs=None):
-        """Train on transitions ``data`` (mapping or NamedTuple with s, a, r, s_next; leading axis N).
+        """Train on transitions ``data`` (mapping or NamedTuple with obs, action, reward, next_obs —
+        ``replay.TRANSITION_FIELDS``, as the replay buffer stores them; leading axis N).
 
         Returns ``(params, metrics)``: new parameters with the standardisers of the training split and
         the elites (best first); metrics ``train_nll`` [epochs] (per-dimension Gaussian NLL in
@@ -403,21 +399,21 @@ def gaussian_ensemble(
         ``elites`` [k]. One jit-compiled program per data size and ``epochs`` (fixed-size data avoids recompiles).
         """
         epochs = default_epochs if epochs is None else _check_pos_int(epochs, "epochs")
-        s = jnp.asarray(_get(data, "s"))
-        a = jnp.asarray(_get(data, "a"))
-        r = jnp.asarray(_get(data, "r"))
-        s_next = jnp.asarray(_get(data, "s_next"))
+        s = jnp.asarray(_get(data, "obs"))
+        a = jnp.asarray(_get(data, "action"))
+        r = jnp.asarray(_get(data, "reward"))
+        s_next = jnp.asarray(_get(data, "next_obs"))
         if s.ndim != 2 or s.shape[1] != obs_dim:
-            raise ValueError(f"data['s'] must have shape [N, {obs_dim}], got {s.shape}")
+            raise ValueError(f"data['obs'] must have shape [N, {obs_dim}], got {s.shape}")
         n = s.shape[0]
         if n < 2:
             raise ValueError(f"data: need at least 2 transitions (train + holdout), got {n}")
         if a.shape != (n, act_dim):
-            raise ValueError(f"data['a'] must have shape [{n}, {act_dim}], got {a.shape}")
+            raise ValueError(f"data['action'] must have shape [{n}, {act_dim}], got {a.shape}")
         if s_next.shape != (n, obs_dim):
-            raise ValueError(f"data['s_next'] must have shape [{n}, {obs_dim}], got {s_next.shape}")
+            raise ValueError(f"data['next_obs'] must have shape [{n}, {obs_dim}], got {s_next.shape}")
         if r.shape not in ((n,), (n, 1)):
-            raise ValueError(f"data['r'] must have shape [{n}], got {r.shape}")
+            raise ValueError(f"data['reward'] must have shape [{n}], got {r.shape}")
         x = jnp.concatenate([s, a], axis=-1).astype(jnp.float32)
         y = jnp.concatenate([s_next - s, r.reshape(n, 1)], axis=-1).astype(jnp.float32)
         return _fit_jit(params, x, y, key, epochs=epochs)

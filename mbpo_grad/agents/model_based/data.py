@@ -34,11 +34,10 @@ def buffer_obs_stats(buffer: replay.ReplayBuffer, obs_dim: int) -> N.RunningStat
 
 
 def fit_data(buffer: replay.ReplayBuffer, key: jax.Array, n: int) -> Dict[str, jax.Array]:
-    """The model's training set: ``n`` stored transitions (``fit_indices``) as ``model.fit``'s
-    ``{"s", "a", "r", "s_next"}``."""
+    """The model's training set: ``n`` stored transitions (``fit_indices``) in the buffer's own
+    schema (``replay.TRANSITION_FIELDS``, what ``model.fit`` reads)."""
     idx = fit_indices(buffer, key, n)
-    d = jax.tree_util.tree_map(lambda x: x[idx], buffer.data)
-    return {"s": d["obs"], "a": d["action"], "r": d["reward"], "s_next": d["next_obs"]}
+    return {k: buffer.data[k][idx] for k in replay.TRANSITION_FIELDS}
 
 
 __all__ = ["fit_indices", "buffer_obs_stats", "fit_data"]
