@@ -73,7 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
     if args.html:
         if not info["spec"]["env"].startswith("brax:"):
             p.fail("--html: only Brax envs can be rendered (brax.io.html)")
-        env = common.make_env(info["spec"]["env"], **runs._env_kwargs(info["config"]))
+        env = common.make_env(info["spec"]["env"], x64=bool(getattr(info["config"], "x64", False)))
         write_html(args.html, env, act, jax.random.key(0 if args.seed is None else args.seed),
                    int(info["spec"]["episode_length"]))
         print(f"html: {os.path.abspath(args.html)}")

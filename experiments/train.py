@@ -49,9 +49,10 @@ from typing import Optional, Sequence
 import jax
 
 from experiments import rundir
+from mbpo_grad.envs import FAMILIES
 
 ENVS = ("cartpole", "pendulum")
-SIMULATOR_PREFIXES = ("brax:", "mjx:")
+SIMULATOR_PREFIXES = FAMILIES  # brax:<env>, mjx:<model>
 GUARDS = ("per_env", "batch")
 # Flags that --resume does not take from config.json.
 _RUN_CONTROL = ("resume", "quiet", "no_tensorboard")
@@ -160,12 +161,10 @@ def config_from_args(args, parser: rundir.CliParser):
 
 def make_env(cfg, args):
     """The env to train on: ``cfg.env`` (float64 simulators under --x64), wrapped in faults if asked."""
-    from mbpo_grad import envs
-
+    from mbpo_grad.agents import common
     from mbpo_grad.envs.faults import inject_faults
 
-    kw = {"x64": True} if cfg.x64 and cfg.env.startswith(SIMULATOR_PREFIXES) else {}
-    env = envs.make(cfg.env, **kw)
+    env = common.make_env(cfg.env, x64=cfg.x64)
     return inject_faults(env, rate=args.fault_rate) if args.fault_rate > 0 else env
 
 

@@ -409,7 +409,7 @@ def evaluate_saved(run_dir: str, *, env=None, policy=None, key: Optional[jax.Arr
     if env is None:
         if meta.get("custom_env"):
             raise ValueError(f"env: the run in {run_dir!r} used a custom env {meta['custom_env']!r}; pass it as env=")
-        env = common.make_env(spec["env"], **_env_kwargs(info["config"]))
+        env = common.make_env(spec["env"], x64=bool(getattr(info["config"], "x64", False)))
     if key is None:
         k = info["summary"].get("final_eval_key")
         if k is None:
@@ -422,12 +422,6 @@ def evaluate_saved(run_dir: str, *, env=None, policy=None, key: Optional[jax.Arr
                                                        episode_length=int(spec["episode_length"]),
                                                        dtype=dtype, remat=remat))
     return float(fn(info["params"], key))
-
-
-def _env_kwargs(config) -> Dict[str, Any]:
-    name = getattr(config, "env", "")
-    simulator = isinstance(name, str) and name.split(":")[0] in ("brax", "mjx")
-    return {"x64": True} if getattr(config, "x64", False) and simulator else {}
 
 
 __all__ = ["RunWriter", "load_policy", "load_config", "evaluate_saved", "plot_learning_curve", "write_json",

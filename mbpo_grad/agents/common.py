@@ -60,9 +60,12 @@ class Agent(NamedTuple):
       the actor step of ``update`` ascends (``update`` calls this very function), so
       diagnostics and estimator comparisons measure the gradient that is trained. None for
       agents that do not expose it.
-    actor_batch(train_state, hparams, key) -> batch: the ``batch`` ``update(train_state,
-      hparams, key)`` differentiates ``actor_objective`` on (same key splits), e.g.
-      ``shac.ActorBatch``.
+    actor_batch(train_state, hparams, key) -> batch: the ``batch`` the actor step
+      differentiates ``actor_objective`` on, with the agent's own key splits: for the window
+      agents (SHAC, BPO) exactly ``update(train_state, hparams, key)``'s (``shac.ActorBatch``);
+      for the replay agents the first actor step of ``learn`` on the state's buffer as it is
+      (``update`` collects first, then learns), e.g. ``offpolicy.ReplayActorBatch``. Either has
+      ``axes()`` / ``singletons()`` for ``per_sample_grads``.
     """
 
     init: Callable[[jax.Array, Any], PyTree]
@@ -155,11 +158,16 @@ def pos_int(value, name, minimum=1):
     return check_int(value, name, minimum=minimum)
 
 
-def make_env(name, **kw):
+def make_env(name, *, x64: bool = False, **kw):
+    """The env a config names (``config.env``): ``envs.make(name, **kw)``, with the simulators
+    (``brax:`` / ``mjx:``) built in float64 when ``x64`` (analytic envs follow the dtype of their
+    inputs, so they need nothing). Errors name the config field ``env``."""
     from mbpo_grad import envs
 
     if not isinstance(name, str):
         raise TypeError(f"env must be an environment name (str), got {type(name).__name__}")
+    if x64 and name.startswith(envs.FAMILIES):
+        kw["x64"] = True
     try:
         return envs.make(name, **kw)
     except ValueError as err:

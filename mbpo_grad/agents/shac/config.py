@@ -114,8 +114,7 @@ def validate(config: SHACConfig, env=None) -> Tuple[Any, int]:
             "array (experiments.train --x64 does), or build and run inside `with jax.enable_x64(True):`"
         )
     if env is None:
-        simulator = isinstance(config.env, str) and config.env.split(":")[0] in ("brax", "mjx")
-        env = common.make_env(config.env, **({"x64": True} if config.x64 and simulator else {}))
+        env = common.make_env(config.env, x64=config.x64)
     else:
         env = common.check_user_env(env)
     episode_length = config.episode_length if config.episode_length is not None else env.episode_length
