@@ -66,6 +66,10 @@ class Agent(NamedTuple):
       for the replay agents the first actor step of ``learn`` on the state's buffer as it is
       (``update`` collects first, then learns), e.g. ``offpolicy.ReplayActorBatch``. Either has
       ``axes()`` / ``singletons()`` for ``per_sample_grads``.
+    env_axes: a prefix of the train state's structure with 0 where a part carries the env
+      batch on its leading axis and None where it is shared (networks, optimisers, counters):
+      how ``driver.run(devices=...)`` lays the state out over devices (``mbpo_grad.parallel``).
+      None: the agent runs on one device only.
     """
 
     init: Callable[[jax.Array, Any], PyTree]
@@ -77,6 +81,7 @@ class Agent(NamedTuple):
     spec: Optional[Dict[str, Any]] = None
     actor_objective: Optional[Callable[[PyTree, Any], jax.Array]] = None
     actor_batch: Optional[Callable[[PyTree, Any, jax.Array], Any]] = None
+    env_axes: Optional[PyTree] = None
 
 
 def per_sample_grads(actor_objective: Callable, policy_params: PyTree, batch: Any) -> Tuple[jax.Array, PyTree]:
@@ -280,10 +285,8 @@ def eval_curves_over_seeds(train_fn: Callable, hparams, iterations: int, eval_ev
 
 
 def _check_loop(iterations, eval_every):
-    for name, v in (("iterations", iterations), ("eval_every", eval_every)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-    return int(iterations), int(min(eval_every, iterations))
+    iterations, eval_every = check_int(iterations, "iterations"), check_int(eval_every, "eval_every")
+    return iterations, min(eval_every, iterations)
 
 
 class RunProgress(NamedTuple):
@@ -314,6 +317,7 @@ def run(
     on_block: Optional[Callable[[RunProgress], None]] = None,
     resume: Optional[RunProgress] = None,
     progress_fn: Optional[Callable[[int, Dict[str, float]], None]] = None,
+    mesh: Any = None,
 ):
     """Run ``agent`` block by block (the computation of ``make_train_fn``), printing progress.
 
@@ -329,21 +333,34 @@ def run(
       after its last block and gives the metrics of an uninterrupted run (the per-iteration
       keys are split from ``key`` up front, so they do not depend on where it stopped).
 
+    mesh: a ``jax.sharding.Mesh`` (``parallel.data_mesh``) to run data-parallel on: the state's
+      env axis (``agent.env_axes``) split over its devices, everything else replicated; the same
+      jitted programs with input / output shardings (``mbpo_grad.parallel``).
+
     Returns (state, metrics: dict of NumPy arrays [iterations], evals: dict with
     ``iteration`` and ``eval_return`` arrays [n_blocks], plus ``wall_s``).
     """
     iterations, eval_every = _check_loop(iterations, eval_every)
     stream = stream or sys.stdout
     k_init, k_iter, k_eval = _split_keys(key, iterations, eval_every)
-    block = jax.jit(_block_fn(agent))
+    if mesh is None:
+        block, init, place = jax.jit(_block_fn(agent)), jax.jit(agent.init), (lambda s: s)
+    else:
+        from mbpo_grad import parallel
+
+        shard = parallel.state_shardings(jax.eval_shape(agent.init, k_init, hparams), agent.env_axes, mesh)
+        rep = parallel.replicated(mesh)
+        block = jax.jit(_block_fn(agent), in_shardings=(shard, rep, rep, rep), out_shardings=(shard, rep, rep))
+        init = jax.jit(agent.init, in_shardings=(rep, rep), out_shardings=shard)
+        place = lambda s: jax.device_put(s, shard)  # noqa: E731  (a restored state onto the mesh)
     t0 = time.perf_counter()
     if resume is None:
-        state = jax.jit(agent.init)(k_init, hparams)
+        state = init(k_init, hparams)
         chunks, eval_returns, eval_its = [], [], []
         done, first = 0, 0
     else:
         done, first = _check_resume(resume, iterations, eval_every)
-        state = resume.state
+        state = place(resume.state)
         chunks = [dict(resume.metrics)] if done else []
         eval_returns = [float(x) for x in np.asarray(resume.eval_return)]
         eval_its = [int(x) for x in np.asarray(resume.eval_iteration)]

@@ -114,6 +114,7 @@ def run(
     run_dir: Optional[str] = None,
     tensorboard: bool = True,
     info: Optional[Dict[str, Any]] = None,
+    devices: Any = None,
 ) -> Tuple[PyTree, Dict[str, Any]]:
     """Train ``agent`` for ``config.iterations`` iterations, evaluating every ``config.eval_every``.
 
@@ -124,6 +125,9 @@ def run(
     name guards checkpoints and is recorded in the run folder). ``run_dir``: write the run
     folder there (``checkpoint_dir`` defaults to ``run_dir/ckpt`` when ``checkpoint_every`` or
     ``resume`` is given). ``info``: extra JSON-able facts for config.json (e.g. CLI arguments).
+    ``devices``: run data-parallel over this many devices (an int), these devices (a list) or a
+    ``jax.sharding.Mesh``: the env axis of the train state split over them, the rest replicated
+    (``mbpo_grad.parallel``); the result equals the one-device run up to reduction order.
     """
     iterations = int(config.iterations)
     eval_every = min(int(config.eval_every), iterations)
@@ -165,9 +169,14 @@ def run(
         if checkpoint_every and (prog.iteration % checkpoint_every == 0 or prog.iteration == iterations):
             ckpt.save(checkpoint_dir, prog.iteration, prog, config=gcfg, keep=keep_checkpoints)
 
+    mesh = None
+    if devices is not None:
+        from mbpo_grad import parallel
+
+        mesh = devices if isinstance(devices, jax.sharding.Mesh) else parallel.data_mesh(devices)
     state, metrics, evals = common.run(agent, key, hparams, iterations=iterations, eval_every=eval_every,
                                        progress=progress, describe=describe, stream=stream, on_block=on_block,
-                                       resume=start, progress_fn=progress_fn)
+                                       resume=start, progress_fn=progress_fn, mesh=mesh)
     metrics = with_evals(metrics, evals["iteration"], evals["eval_return"])
     metrics["wall_s"] = evals["wall_s"]
     if writer is not None:

@@ -192,6 +192,12 @@ class OffPolicyState(NamedTuple):
     iteration: jax.Array
 
 
+# Data-parallel layout (``mbpo_grad.parallel``): envs and their exploration state split over the
+# devices; learner and replay buffer replicated (collected transitions are gathered into it).
+ENV_AXES = OffPolicyState(learner=None, buffer=None, env_state=0, explore=0, ep_return=0, last_return=0,
+                          finished=0, env_steps=None, iteration=None)
+
+
 # --------------------------------------------------------------------------- validation
 pos_int, make_env, check_hidden = common.pos_int, common.make_env, common.check_hidden
 
@@ -374,7 +380,7 @@ def make_agent(config: OffPolicyConfig, algo: OffPolicyAlgo, env, episode_length
 
     return Agent(init, update, evaluate, algo.name, policy_params, act,
                  common.agent_spec(env, None, episode_length, config.eval_envs),
-                 actor_objective=algo.actor_objective, actor_batch=actor_batch)
+                 actor_objective=algo.actor_objective, actor_batch=actor_batch, env_axes=ENV_AXES)
 
 
 def describe_fn(agent: Agent, config: OffPolicyConfig):

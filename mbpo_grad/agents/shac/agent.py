@@ -45,6 +45,12 @@ class SHACState(NamedTuple):
     iteration: jax.Array
 
 
+# Which parts of the state carry the env batch (leading axis) for data-parallel runs.
+ENV_AXES = SHACState(policy_params=None, critic_params=None, target_params=None, actor_opt=None, critic_opt=None,
+                     obs_stats=None, env_state=0, ep_return=0, last_return=0, finished=0, env_steps=None,
+                     iteration=None)
+
+
 def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None) -> Agent:
     """The SHAC / BPO ``Agent`` (init, update, evaluate) for ``config``.
 
@@ -294,7 +300,7 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
     name = "shac" if config.use_critic else ("bpo" if n == episode_length else "truncated-bpo")
     return Agent(init, update, evaluate, name, policy_params, act,
                  common.agent_spec(env, policy, episode_length, config.eval_envs),
-                 actor_objective=actor_objective, actor_batch=actor_batch)
+                 actor_objective=actor_objective, actor_batch=actor_batch, env_axes=ENV_AXES)
 
 
 __all__ = ["SHACState", "make_agent"]
