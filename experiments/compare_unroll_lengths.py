@@ -22,9 +22,11 @@ n run as ONE compiled, vmapped program (``mg.sweep``); different n are separate 
 
 After every block each training arm logs ``grad_norm`` and ``grad_var``: the norm of the batch-mean
 actor gradient and the variance of that mean, from per-sample gradients at the arm's current
-state. For the window and BPO arms these are the per-env gradients of the agent's own
-``Agent.actor_objective`` (``shac.per_env_grads``): the very objective ``update`` trains on,
-time-limit bootstrap inside the window included.
+state: the per-sample gradients (``common.per_sample_grads``) of the agent's own
+``Agent.actor_objective`` on its own ``Agent.actor_batch``, the very objective and batch the actor
+step trains on — the window and BPO arms per env (time-limit bootstrap inside the window
+included), the n = 0 arms per replayed observation, the ``--dynamics model`` arms per branched
+model rollout (entropy term and V' tail included).
 
 ``--dynamics model`` adds arms that differentiate through a learned ensemble instead of the
 simulator (``agents.model_based``). The script also measures, on LQR, the gradient's bias and
@@ -87,7 +89,6 @@ class EnvSettings:
     replay_updates: int = 2
     replay_batch: int = 128
     warmup_steps: int = 500
-    probe_envs: int = 32      # samples in the per-block gradient-variance probe of n = 0
     # --dynamics model (agents.model_based): real steps per run = model_iterations × replay_envs × model_steps
     model_iterations: int = 40
     model_steps: int = 25
@@ -102,7 +103,7 @@ def _settings(preset: str) -> Dict[str, EnvSettings]:
     if preset == "tiny":
         base = dict(num_envs=8, env_steps=1024, blocks=2, max_iterations=8, hidden=(8,), eval_envs=4,
                     critic_iterations=1, critic_minibatches=1, replay_envs=4, replay_updates=1,
-                    replay_batch=16, warmup_steps=16, probe_envs=8, model_iterations=4, model_steps=8,
+                    replay_batch=16, warmup_steps=16, model_iterations=4, model_steps=8,
                     model_updates=2, model_batch=16, model_hidden=(16,), model_epochs=1, model_fit_size=64)
         return {"lqr": EnvSettings(episode_length=16, **base), "pendulum": EnvSettings(episode_length=16, **base),
                 "cartpole": EnvSettings(episode_length=16, **base)}
@@ -211,6 +212,7 @@ def _per_sample_stats(grads):
     """grads: pytree with a leading sample axis. Returns (‖mean‖, tr Cov / N): the norm of the
     batch-mean gradient and the variance of that batch mean across batches."""
     import jax
+    import jax.flatten_util  # noqa: F401  (ravel_pytree)
     import jax.numpy as jnp
 
     flat = jax.vmap(lambda g: jax.flatten_util.ravel_pytree(g)[0])(grads)  # [N, P]
@@ -229,12 +231,7 @@ def build_arm(env_name: str, estimator: str, n: int, s: EnvSettings, lqr: Option
     ensemble, branching from replayed real states, V critic on the tail, also for n = T);
     n = 0 does not touch the dynamics and runs the same replay agent as "sim".
     """
-    import jax
-    import jax.flatten_util  # noqa: F401  (ravel_pytree)
-
-    from mbpo_grad import critics as C
-    from mbpo_grad import replay
-    from mbpo_grad.agents import ddpg, sac, shac
+    from mbpo_grad.agents import common, ddpg, sac, shac
     from mbpo_grad.policies import deterministic, gaussian
 
     env = make_env(env_name, s.episode_length, lqr)
@@ -251,7 +248,6 @@ def build_arm(env_name: str, estimator: str, n: int, s: EnvSettings, lqr: Option
     hidden = tuple(s.hidden)
     policy = (deterministic(env.obs_size, env.action_size, hidden) if estimator == "dpmb"
               else gaussian(env.obs_size, env.action_size, hidden))
-    stochastic = tuple(policy.noise_shape) != (0,)
 
     if kind == "replay":
         common_kw = dict(env=env_name, num_envs=s.replay_envs, episode_length=T, iterations=iterations,
@@ -262,30 +258,17 @@ def build_arm(env_name: str, estimator: str, n: int, s: EnvSettings, lqr: Option
         if estimator == "dpmb":
             cfg = ddpg.DDPGConfig(**common_kw)
             agent = ddpg.make_agent(cfg, env=env, policy=policy)
-            q_net = C.q_critic(env.obs_size, env.action_size, hidden)
-
-            def q_value(learner, o, a):
-                return q_net.apply(learner.critic, o, a)
         else:
             cfg = sac.SACConfig(learn_alpha=False, init_alpha=0.0, **common_kw)  # α = 0: plain SVG(0)
             agent = sac.make_agent(cfg, env=env, policy=policy)
-            twin = C.twin_q(env.obs_size, env.action_size, hidden)
-
-            def q_value(learner, o, a):
-                return C.twin_min(twin, learner.critic, o, a)
         hparams = cfg.hparams()
-        m = s.probe_envs
 
         def grad_probe(state, hp, key):
-            """Per-sample gradients of Q(s, π(s, ε)) on replayed observations (the n = 0 actor objective)."""
-            k_obs, k_eps = jax.random.split(key)
-            obs = replay.sample(state.buffer, k_obs, m)["obs"]
-            eps = jax.random.normal(k_eps, (m,) + tuple(policy.noise_shape)) if stochastic else None
-
-            def one(p, o, e):
-                return q_value(state.learner, o, policy.sample(p, o, e))
-
-            grads = jax.vmap(jax.grad(one), in_axes=(None, 0, 0 if stochastic else None))(state.learner.actor, obs, eps)
+            """Per-sample gradients of the agent's own n = 0 actor objective (``Agent.actor_objective``:
+            Q(s, π(s)) for DDPG, min_j Q_j(s, π(s, ε)) for SVG(0)) on the batch its actor step draws
+            from the replay buffer (``Agent.actor_batch``: ``batch_size`` replayed observations)."""
+            _, grads = common.per_sample_grads(agent.actor_objective, state.learner.actor,
+                                               agent.actor_batch(state, hp, key))
             return _per_sample_stats(grads)
 
         label = "DDPG actor, n=0" if estimator == "dpmb" else "SVG(0), n=0"
@@ -321,14 +304,9 @@ def build_arm(env_name: str, estimator: str, n: int, s: EnvSettings, lqr: Option
 
 def _model_arm(env, env_name, estimator, n, s: EnvSettings, policy, iterations, eval_every) -> Arm:
     """The model-based arm (``agents.model_based``) and its gradient probe through the model."""
-    import jax
-
-    from mbpo_grad import critics as C
-    from mbpo_grad import normalizer as N
-    from mbpo_grad import replay
+    from mbpo_grad.agents import common
     from mbpo_grad.agents import model_based as MB
     from mbpo_grad.models import gaussian_ensemble
-    from mbpo_grad.objectives import pathwise_returns
 
     hidden = tuple(s.hidden)
     buffer_size = max(s.model_fit_size, s.model_iterations * s.replay_envs * s.model_steps)
@@ -343,39 +321,13 @@ def _model_arm(env, env_name, estimator, n, s: EnvSettings, policy, iterations, 
     model = gaussian_ensemble(env.obs_size, env.action_size, cfg.ensemble_size, cfg.elites, hidden=cfg.model_hidden,
                               learning_rate=cfg.model_lr, batch_size=cfg.model_batch, epochs=cfg.model_epochs)
     agent = MB.make_agent(cfg, env=env, policy=policy, model=model)
-    critic = C.v_critic(env.obs_size, hidden)
-    stochastic = tuple(policy.noise_shape) != (0,)
-    m = s.probe_envs
 
     def grad_probe(state, hp, key):
-        """Per-rollout gradients of J_n through the model from replayed observations (as the agent's actor)."""
-        l = state.learner
-        k_s, k_eps, k_xi = jax.random.split(key, 3)
-        starts = replay.sample(state.buffer, k_s, m)["obs"]
-        stats = l.obs_stats
-
-        def pi(p, ms, e):
-            o = N.normalize(stats, ms.obs) if cfg.obs_norm else ms.obs
-            return policy.sample(p, o, e)
-
-        def boot(ms, a):
-            o = N.normalize(stats, ms.obs) if cfg.obs_norm else ms.obs
-            return critic.apply(l.critic_target, o)
-
-        eps = jax.random.normal(k_eps, (n + 1, m) + tuple(policy.noise_shape)) if stochastic else None
-        xi = model.sample_noise(k_xi, (n, m)) if cfg.model_noise else None
-        step, reward = model.as_step(l.model), model.as_reward()
-
-        def one(p, o, e, x):
-            ms = model.initial_state(o[None])
-            e1 = None if e is None else e[:, None]
-            x1 = None if x is None else jax.tree_util.tree_map(lambda v: v[:, None], x)
-            rets, _ = pathwise_returns(pi, p, step, reward, ms, horizon=n, gamma=hp.gamma, bootstrap=boot,
-                                       policy_noise=e1, dynamics_noise=x1)
-            return rets[0]
-
-        x_ax = None if xi is None else jax.tree_util.tree_map(lambda _: 1, xi)
-        grads = jax.vmap(jax.grad(one), in_axes=(None, 0, 1 if stochastic else None, x_ax))(l.policy, starts, eps, xi)
+        """Per-rollout gradients of the agent's own J_n through the model (``Agent.actor_objective``:
+        branched from replayed observations, V' tail, entropy term when on) on the batch its actor
+        step draws (``Agent.actor_batch``: ``batch_size`` start observations)."""
+        _, grads = common.per_sample_grads(agent.actor_objective, state.learner.policy,
+                                           agent.actor_batch(state, hp, key))
         return _per_sample_stats(grads)
 
     label = (f"DPMB-R-{n} (model)" if estimator == "dpmb" else f"SVG({n}) (model)")

@@ -76,9 +76,9 @@ from mbpo_grad.agents.model_based.agent import (MBLearner, actor_optimizer, lear
 from mbpo_grad.agents.model_based.config import HParams, ModelBasedConfig, check_hparams, check_obs_fns, validate
 from mbpo_grad.agents.model_based.data import buffer_obs_stats, fit_data, fit_indices
 from mbpo_grad.agents.model_based.losses import ActorBatch, actor_loss, rollout_return
-from mbpo_grad.agents.model_based.networks import (_model_for, _policy_for, default_model, default_policy,
+from mbpo_grad.agents.model_based.networks import (_model_for, _policy_for, default_model, default_policy,  # noqa: F401
                                                    make_act_for, normalised_policy, value_critic)
-from mbpo_grad.agents.model_based.train import _split_kw, make_train_fn, run, train
+from mbpo_grad.agents.model_based.train import _split_kw, make_train_fn, run, train  # noqa: F401
 
 __all__ = ["ModelBasedConfig", "HParams", "MBLearner", "ActorBatch", "fit_indices", "buffer_obs_stats", "fit_data",
            "validate", "check_hparams", "check_obs_fns", "make_algo", "make_agent", "make_train_fn", "run", "train",
