@@ -340,19 +340,18 @@ def make_block_fn(arm: Arm, hp_names: Sequence[str], state_treedef, trace_counte
 
     ``p`` holds one run's values: ``key`` (raw uint32[2] PRNGKey of the seed), ``block`` (int:
     which block of ``eval_every`` iterations to run), the float hyper-parameters ``hp/<name>``
-    and the train state's leaves ``state/<i>``. Block 0 starts from ``agent.init``; the keys are
-    those of ``common.make_train_fn`` (``_split_keys``), so running blocks 0..k−1 reproduces
+    and the train state's leaves ``state/<i>``. Block 0 starts from ``agent.init``; the block is
+    the agent's ``common.TrainProgram.block_at`` (the keys of ``make_train_fn``), so running blocks 0..k−1 reproduces
     ``make_train_fn(agent, iterations, eval_every)(key, hp)``. One compiled program per arm
     serves every block, every seed and every hyper-parameter value.
     """
     import jax
     import jax.numpy as jnp
-    from jax import lax
 
     from mbpo_grad.agents import common
 
-    agent, E = arm.agent, arm.eval_every
-    block_step = common._block_fn(agent)
+    agent = arm.agent
+    program = common.TrainProgram.of(agent, arm.iterations, arm.eval_every)
 
     def block_fn(_key, p):
         if trace_counter is not None:
@@ -362,13 +361,11 @@ def make_block_fn(arm: Arm, hp_names: Sequence[str], state_treedef, trace_counte
         hp = arm.hparams._replace(**{name: p[f"hp/{name}"] for name in hp_names if name in arm.hparams._fields})
         n_leaves = state_treedef.num_leaves
         given = jax.tree_util.tree_unflatten(state_treedef, [p[f"state/{i}"] for i in range(n_leaves)])
-        k_init, k_iter, k_eval = common._split_keys(key, arm.iterations, E)
-        fresh = agent.init(k_init, hp)
+        fresh = program.init(key, hp)
         b = p["block"]
         state = jax.tree_util.tree_map(lambda f, g: jnp.where(b == 0, f, g).astype(f.dtype), fresh, given)
-        keys = lax.dynamic_slice_in_dim(k_iter, b * E, E)
-        state, m, e = block_step(state, hp, keys, k_eval[b])
-        g_norm, g_var = arm.grad_probe(state, hp, jax.random.fold_in(k_eval[b], 1))
+        state, m, e = program.block_at(state, hp, key, b)
+        g_norm, g_var = arm.grad_probe(state, hp, jax.random.fold_in(program.keys(key)[2][b], 1))
         nanf = jnp.full((), jnp.nan, jnp.float32)
         metrics = {
             "eval_return": jnp.asarray(e, jnp.float32),

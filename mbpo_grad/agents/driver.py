@@ -198,9 +198,7 @@ def with_evals(metrics: Dict[str, np.ndarray], eval_iteration, eval_return) -> D
 
 def final_eval_key(key: jax.Array, config: Any) -> np.ndarray:
     """The key of the run's last evaluation (``common.run`` splits one per block from ``key``)."""
-    iterations = int(config.iterations)
-    eval_every = min(int(config.eval_every), iterations)
-    _, _, k_eval = common._split_keys(key, iterations, eval_every)
+    _, _, k_eval = common.TrainProgram.of(None, int(config.iterations), int(config.eval_every)).keys(key)
     return key_data(k_eval[-1])
 
 
