@@ -150,11 +150,13 @@ def test_bad_backend_and_settings_raise_naming_the_argument():
             brax_adapter.make("inverted_pendulum", x64=True)
 
 
-def test_mjx_backend_runs_one_solver_iteration():
+def test_mjx_backend_keeps_the_model_solver_settings_and_steps_with_mjx_grad():
     env = envs.make("brax:inverted_pendulum", backend="mjx")
-    sys = env.info["brax_env"].sys
-    assert sys.opt.iterations == 1
+    stepped = env.info["brax_env"]
+    sys = stepped.sys
+    assert sys.opt.iterations == sys.mj_model.opt.iterations  # the XML's value, not forced to 1
+    assert stepped._pipeline is brax_adapter.mjx_grad_pipeline()  # mjx.step -> envs.mjx_grad.step
     assert (env.obs_size, env.action_size, env.name) == (4, 1, "brax:inverted_pendulum")
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(sys) if jnp.issubdtype(leaf.dtype, jnp.floating))
-    kept = brax_adapter.make("inverted_pendulum", backend="mjx", solver_iterations=None)
-    assert kept.info["brax_env"].sys.opt.iterations == kept.info["brax_env"].sys.mj_model.opt.iterations
+    override = brax_adapter.make("inverted_pendulum", backend="mjx", solver_iterations=3)
+    assert override.info["brax_env"].sys.opt.iterations == 3

@@ -1,5 +1,9 @@
 """The MJX adapter: float64 pathwise gradients through 32 steps of the builtin cart-pole.
 
+The adapter steps with ``envs.mjx_grad.step`` (MJX's values with the XML's solver iterations,
+implicit-function derivative of the constraint solve; tests/test_mjx_grad.py checks it
+against forward-mode derivatives of the unmodified solver with the rail limit active).
+
 One float64 gradient compile (the objective returns its trajectory as aux)
 serves the finiteness, finite-difference, reward and MuJoCo-C reference checks.
 The policy balances the pole for the 32 steps, so the cart stays far from the
@@ -79,7 +83,7 @@ def test_trajectory_equals_mujoco_c_and_reward_is_upright_minus_control_cost(run
     qpos, qvel = np.asarray(traj.states.qpos), np.asarray(traj.states.qvel)
     actions = np.asarray(traj.actions)
     m = env.info["mj_model"]
-    assert m.opt.iterations == 1
+    assert m.opt.iterations == 100  # the XML's (MuJoCo's default); the gradient is mjx_grad's implicit one
     low, high = env.info["ctrl_low"], env.info["ctrl_high"]
     for b in range(qpos.shape[0]):
         d = mujoco.MjData(m)
@@ -105,6 +109,22 @@ def test_x64_switch_sets_model_and_state_dtypes():
     with jax.enable_x64(False):
         with pytest.raises(ValueError, match="x64.*jax_enable_x64"):
             mjx_adapter.make("inverted_pendulum", x64=True)
+
+
+def test_solver_settings_default_to_the_models_own_and_overrides_apply_to_a_copy():
+    import mujoco
+
+    env = mjx_adapter.make("inverted_pendulum")
+    xml = mujoco.MjModel.from_xml_path(mjx_adapter.BUILTINS["inverted_pendulum"])
+    assert env.info["mj_model"].opt.iterations == xml.opt.iterations == 100
+    assert env.info["mj_model"].opt.ls_iterations == xml.opt.ls_iterations
+    env = envs.from_mjx(xml, reward=lambda d, a: 0.0, solver_iterations=7, ls_iterations=3)
+    assert (env.info["mj_model"].opt.iterations, env.info["mj_model"].opt.ls_iterations) == (7, 3)
+    assert int(env.info["mjx_model"].opt.iterations) == 7
+    assert xml.opt.iterations == 100  # the user's model is not modified
+    for bad in (0, -2, 1.5, True, "3"):
+        with pytest.raises(ValueError, match="solver_iterations"):
+            envs.from_mjx(xml, reward=lambda d, a: 0.0, solver_iterations=bad)
 
 
 def test_custom_xml_path_needs_a_reward(tmp_path):

@@ -26,13 +26,15 @@ Actions are in [-1, 1]^action_size; Brax's environments scale them to their
 actuator ranges themselves.
 
 Backends: ``generalized``, ``positional`` and ``spring`` differentiate as they
-are. ``mjx`` runs MuJoCo's constraint solver, whose outer loop is a
-``lax.while_loop`` that reverse mode cannot differentiate unless it runs a
-single iteration; ``solver_iterations=1`` (the default here, applied only to an
-env whose ``backend`` is ``mjx``) sets ``sys.opt.iterations`` so that
-``jax.grad`` works (the line search is a fixed-length scan and differentiates
-as it is). Pass ``solver_iterations=None`` to keep the model's own value
-(forward simulation only).
+are. ``mjx`` runs MuJoCo's constraint solver, whose ``lax.while_loop`` reverse
+mode cannot differentiate and whose line search overflows float32 cotangents; for
+that backend the stepped copy's pipeline is Brax's own ``brax.mjx.pipeline``
+(``init`` as it is, ``step`` its code object unmodified) with ``mjx.step`` resolved
+to ``envs.mjx_grad.step``: MJX's step with the model's own solver settings, whose
+constraint solve gets its derivative from the optimality condition (implicit
+function theorem, docs/mjx_gradients.md). Values are Brax's; ``jax.grad`` works
+with any ``opt.iterations``. ``solver_iterations`` (``mjx`` backend only) overrides
+``sys.opt.iterations``; None (the default) keeps the model's value.
 
 Precision: ``x64=True`` runs the simulation in float64: the Brax system, the
 start state and every state ``step`` returns are cast to float64 (needs
@@ -67,6 +69,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import types
 from typing import Any, Callable, Optional
 
 import jax
@@ -169,16 +173,45 @@ def _optional_attr(obj: Any, name: str) -> Any:
         return None
 
 
-def _replace_sys(env: Any, sys: Any) -> Any:
-    """A shallow copy of ``env`` (and of the wrappers around it) whose innermost env has ``sys``."""
+def _replace_sys(env: Any, sys: Any, pipeline: Any = None) -> Any:
+    """A shallow copy of ``env`` (and of the wrappers around it) whose innermost env has ``sys``
+    (and, if given, ``_pipeline``: the module-like object ``PipelineEnv.pipeline_step`` calls)."""
     from brax.envs.base import Wrapper
 
     new = copy.copy(env)
     if isinstance(env, Wrapper):
-        new.env = _replace_sys(env.env, sys)
+        new.env = _replace_sys(env.env, sys, pipeline)
     else:
         new.sys = sys
+        if pipeline is not None:
+            new._pipeline = pipeline
     return new
+
+
+@functools.lru_cache(maxsize=None)
+def mjx_grad_pipeline() -> Any:
+    """Brax's ``mjx`` pipeline with implicit-function derivatives of MuJoCo's constraint solve.
+
+    ``init`` is ``brax.mjx.pipeline.init``; ``step`` is ``brax.mjx.pipeline.step``'s code
+    object, unmodified, run with the module-level name ``mjx`` bound to a namespace whose
+    ``step`` is ``envs.mjx_grad.step`` (everything else: ``mujoco.mjx``'s attributes). So a
+    step's values are Brax's and MJX's; only the solve's derivative differs.
+    """
+    from brax.mjx import pipeline as m_pipeline
+    from mujoco import mjx
+
+    from mbpo_grad.envs import mjx_grad
+
+    inner = getattr(m_pipeline.step, "__wrapped__", m_pipeline.step)
+    if not isinstance(inner, types.FunctionType) or "mjx" not in inner.__code__.co_names:
+        raise RuntimeError("brax.mjx.pipeline.step no longer calls mjx.step; the mjx backend's gradient "
+                           "route (envs.mjx_grad) supports Brax 0.14's layout")
+    shim = types.SimpleNamespace(**{k: getattr(mjx, k) for k in dir(mjx) if not k.startswith("__")})
+    shim.step = mjx_grad.step
+    env = dict(m_pipeline.__dict__)
+    env["mjx"] = shim
+    step = types.FunctionType(inner.__code__, env, inner.__name__, inner.__defaults__, inner.__closure__)
+    return types.SimpleNamespace(init=m_pipeline.init, step=step)
 
 
 def from_brax(
@@ -187,7 +220,7 @@ def from_brax(
     episode_length: int = 1000,
     reward: Optional[Callable[..., Any]] = None,
     x64: bool = False,
-    solver_iterations: Optional[int] = 1,
+    solver_iterations: Optional[int] = None,
     name: Optional[str] = None,
 ) -> Env:
     """Wrap a ``brax.envs.Env`` instance (e.g. your own ``PipelineEnv`` subclass) as an ``Env``.
@@ -202,7 +235,8 @@ def from_brax(
         on Brax ``State`` objects (e.g. a smooth function of ``state.obs``).
       x64: run the simulation in float64 (requires ``jax_enable_x64``).
       solver_iterations: ``mjx`` backend only: MuJoCo constraint-solver iterations
-        (1 makes reverse mode work; None keeps the model's value).
+        (``opt.iterations``); None (default) keeps the model's value. Gradients work with
+        any value (the solve's implicit derivative, ``envs.mjx_grad``).
       name: the ``Env.name``; default ``brax:<class name>``.
 
     Returns:
@@ -237,9 +271,12 @@ def from_brax(
     sys = _optional_attr(env_instance, "sys")
     brax_env = env_instance
     if sys is not None:  # no sys (e.g. Fast): nothing to configure or cast but the states
-        if backend == "mjx" and solver_iterations is not None:
-            sys = sys.replace(opt=sys.opt.replace(iterations=solver_iterations))
-        brax_env = _replace_sys(env_instance, cast_floats(sys, dtype))
+        pipeline = None
+        if backend == "mjx":
+            if solver_iterations is not None:
+                sys = sys.replace(opt=sys.opt.replace(iterations=solver_iterations))
+            pipeline = mjx_grad_pipeline()
+        brax_env = _replace_sys(env_instance, cast_floats(sys, dtype), pipeline)
 
     def reset(key):
         with default_float_context(dtype):
@@ -290,7 +327,7 @@ def make(
     episode_length: int = 1000,
     reward: Optional[Callable[..., Any]] = None,
     x64: bool = False,
-    solver_iterations: Optional[int] = 1,
+    solver_iterations: Optional[int] = None,
     **env_kwargs,
 ) -> Env:
     """``from_brax(brax.envs.get_environment(env_name, backend=backend, **env_kwargs), ...)``.
@@ -325,4 +362,4 @@ def make(
 
 
 __all__ = ["make", "from_brax", "upright_reward", "BACKENDS", "available_envs", "cast_floats",
-           "default_float_context", "require_x64"]
+           "default_float_context", "require_x64", "mjx_grad_pipeline"]

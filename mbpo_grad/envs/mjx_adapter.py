@@ -12,29 +12,29 @@ The state is an ``mjx.Data``. Per state:
     reset(key)       qpos = qpos0 + U(−c, c), qvel = U(−c, c), c = ``reset_noise_scale``
     step(d, a, xi)   ctrl = lo + (a + 1)/2 · (hi − lo) for control-limited actuators
                      (a itself for unlimited ones), then ``frame_skip`` × ``mjx.step``
-                     in a ``lax.scan`` (xi ignored: MuJoCo is deterministic)
+                     (as ``mjx_grad.step``) in a ``lax.scan`` (xi ignored: MuJoCo is
+                     deterministic)
     observe(d)       concat(qpos, qvel)
     reward           user-supplied; the builtin ``inverted_pendulum`` defaults to the
                      smooth upright reward  r = cos θ_{t+1} − 0.01 ‖a_t‖²
                      (θ the hinge angle, 0 upright), read off the transition
     done             None unless supplied (the builtin has no termination)
 
-Reverse mode: MuJoCo's constraint solver iterates in a ``lax.while_loop``, which
-``jax.grad`` cannot differentiate. With ``solver_iterations=1`` (the default)
-MJX runs exactly one solver iteration without the loop, and the line search is
-a fixed-length scan, so the whole step differentiates. Pass ``None`` to keep
-the XML's value (forward simulation only). One iteration is an approximate
-constraint solve: accurate enough for smooth systems and for joint limits that
-are rarely active, less so for many simultaneous contacts.
+Gradients: each ``mjx.step`` is ``envs.mjx_grad.step``, MJX's own step whose
+constraint solve keeps its value (the model's own solver settings, ``while_loop``
+and all) and gets its derivative from the solve's optimality condition (implicit
+function theorem; docs/mjx_gradients.md). So ``jax.grad`` and ``jax.jacfwd`` work
+with any ``opt.iterations``, the trajectory is an unmodified ``mjx.step``'s, and
+float32 gradients are finite where differentiating the line search overflowed
+(its Newton step divides by f''(0) ~ 1e-20). ``solver_iterations`` /
+``ls_iterations`` override the XML's values (None, the default, keeps them).
 
 Precision: ``x64=True`` builds the model and data in float64 (``mjx.put_model``
 and ``mjx.make_data`` follow JAX's default float, so ``jax_enable_x64`` must be
 on, globally or inside ``with jax.enable_x64(True):`` around both ``make`` and
-the computation). ``x64=False`` casts everything to float32. Gradients through
-contacts and constraints are frequently non-finite in float32 (on the builtin
-cart-pole the 32-step gradient was observed NaN in float32 and finite in
-float64; mbpo_grad's reliability layer masks such environments out of the
-batch), so float64 is recommended for MJX gradients.
+the computation). ``x64=False`` casts everything to float32, the fast choice:
+on the builtin cart-pole float32 gradients agree with float64 at cosine > 0.99
+(benchmarks/mjx_float32_gradients.py).
 """
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ import numpy as np
 from jax import lax
 
 from mbpo_grad.envs.base import Env
+from mbpo_grad.envs import mjx_grad
 from mbpo_grad.envs.brax_adapter import cast_floats, require_x64
 from mbpo_grad.rollout import transition_reward
 
@@ -95,7 +96,7 @@ def from_mjx(
     observe: Optional[Callable[[Any], Any]] = None,
     done: Optional[Callable[[Any], Any]] = None,
     x64: bool = False,
-    solver_iterations: Optional[int] = 1,
+    solver_iterations: Optional[int] = None,
     ls_iterations: Optional[int] = None,
     frame_skip: int = 2,
     reset_noise_scale: float = 0.01,
@@ -115,8 +116,8 @@ def from_mjx(
       observe: ``observe(data) -> vector``; default concat(qpos, qvel).
       done: optional ``done(data) -> bool`` (episode termination).
       x64: float64 model and data (requires ``jax_enable_x64``); else float32.
-      solver_iterations: constraint-solver iterations; 1 (default) is needed for
-        reverse-mode gradients; None keeps the model's value.
+      solver_iterations: constraint-solver iterations (``opt.iterations``); None (default)
+        keeps the model's value. Gradients work with any value (implicit derivative).
       ls_iterations: line-search iterations; None keeps the model's value.
       frame_skip: ``mjx.step`` calls per environment step (dt = frame_skip · timestep).
       reset_noise_scale: half-width c of the uniform start noise on qpos and qvel.
@@ -188,9 +189,10 @@ def from_mjx(
         data = data.replace(ctrl=ctrl)
 
         def substep(d, _):
-            # Cast keeps the scan carry's dtype fixed (NumPy float64 constants in
-            # the model may otherwise promote a float32 run under jax_enable_x64).
-            return cast_floats(mjx.step(mjx_model, d), dtype), None
+            # mjx.step's values, implicit derivative of the constraint solve. The cast
+            # keeps the scan carry's dtype fixed (NumPy float64 constants in the model
+            # may otherwise promote a float32 run under jax_enable_x64).
+            return cast_floats(mjx_grad.step(mjx_model, d), dtype), None
 
         data, _ = lax.scan(substep, data, None, length=frame_skip)
         return data
@@ -233,7 +235,7 @@ def make(
     observe: Optional[Callable[[Any], Any]] = None,
     done: Optional[Callable[[Any], Any]] = None,
     x64: bool = False,
-    solver_iterations: Optional[int] = 1,
+    solver_iterations: Optional[int] = None,
     ls_iterations: Optional[int] = None,
     frame_skip: int = 2,
     reset_noise_scale: float = 0.01,
