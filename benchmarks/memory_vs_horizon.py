@@ -20,6 +20,11 @@ Goal (issue 8): with remat, memory at n = 1000 ≤ 4 × memory at n = 32.
 
     python -m benchmarks.memory_vs_horizon           # cart-pole all modes; Brax n = 32, 1000 (true, nested)
     python -m benchmarks.memory_vs_horizon --full    # Brax at every horizon and mode (many slow compiles)
+
+The batch axis (issue 16: how many parallel envs fit): ``--batches 256,1024,4096`` measures each
+(horizon, mode) at every env count; the memory of the window gradient is linear in the env count
+(every env's residuals are kept), so a GPU's memory divided by the per-env figure is the largest
+batch that fits, and remat divides the per-env figure.
 """
 from __future__ import annotations
 
@@ -89,6 +94,9 @@ def main(argv=None) -> Dict:
     p.add_argument("--modes", default=None, help=f"comma-separated remat modes from {list(MODES)}")
     p.add_argument("--full", action="store_true", help="every chosen env at every horizon and mode")
     p.add_argument("--batch", type=int, default=64, help="parallel envs (default 64)")
+    p.add_argument("--batches", default=None,
+                   help="comma-separated env counts: the batch axis (each horizon and mode at every count; "
+                        "e.g. --envs brax_halfcheetah --horizons 32 --batches 256,1024,4096 --no-time)")
     p.add_argument("--no-time", action="store_true", help="skip timing the cart-pole gradients")
     args = p.parse_args(argv)
     names = args.envs.split(",") if args.envs else (list(DEFAULT_PLAN) if not args.full else
@@ -101,7 +109,9 @@ def main(argv=None) -> Dict:
         if m not in MODES:
             p.error(f"--modes: unknown remat mode {m!r}; expected from {list(MODES)}")
     horizons = tuple(int(h) for h in args.horizons.split(",")) if args.horizons else None
-    batch = args.batch
+    batches = tuple(int(b) for b in args.batches.split(",")) if args.batches else (args.batch,)
+    if any(b < 1 for b in batches):
+        p.error(f"--batches: env counts must be >= 1, got {args.batches}")
     plan = {}
     for n in names:
         hs, ms = DEFAULT_PLAN.get(n, (HORIZONS, tuple(MODES)))
@@ -110,23 +120,24 @@ def main(argv=None) -> Dict:
         plan[n] = (horizons or hs, tuple(modes) if modes else ms)
     if args.tiny:
         plan = {n: ((4, 16), ("nested",)) for n in (args.envs.split(",") if args.envs else ["cartpole"])}
-        batch = 4
+        batches = (4, 8) if args.batches else (4,)
     payload = {"benchmark": NAME, "machine": C.machine(), "rows": []}
     for name, (hs, ms) in plan.items():
         env = make_env(name)
         for mode in ms:
             for n in hs:
-                row = dict(env=name, **measure(env, n, mode, batch, time_it=(name == "cartpole" and not args.no_time
-                                                                          and not args.tiny)))
-                payload["rows"].append(row)
-                C.log(f"  {name} remat={mode} n={n}: peak {row.get('peak_bytes', 0) / 2**20:.2f} MiB "
-                      f"(temp {row.get('temp_bytes', 0) / 2**20:.2f} MiB), compile {row['compile_s']:.1f} s")
-                payload["summary"] = summarise(payload["rows"])
-                C.write_json(args.out, payload)
+                for batch in batches:
+                    row = dict(env=name, **measure(env, n, mode, batch, time_it=(
+                        name == "cartpole" and not args.no_time and not args.tiny)))
+                    payload["rows"].append(row)
+                    C.log(f"  {name} remat={mode} n={n} batch={batch}: peak {row.get('peak_bytes', 0) / 2**20:.2f} MiB "
+                          f"(temp {row.get('temp_bytes', 0) / 2**20:.2f} MiB), compile {row['compile_s']:.1f} s")
+                    payload["summary"] = summarise([r for r in payload["rows"] if r["batch"] == batches[0]])
+                    C.write_json(args.out, payload)
     table = [dict(r, **{"peak MiB": r.get("peak_bytes", float("nan")) / 2**20,
                         "temp MiB": r.get("temp_bytes", float("nan")) / 2**20,
                         "grad ms": 1e3 * r["grad_s"] if "grad_s" in r else ""}) for r in payload["rows"]]
-    md = C.markdown_table(table, ["env", "remat", "horizon", "peak MiB", "temp MiB", "grad ms", "compile_s"],
+    md = C.markdown_table(table, ["env", "remat", "horizon", "batch", "peak MiB", "temp MiB", "grad ms", "compile_s"],
                           {"peak MiB": ".3f", "temp MiB": ".3f", "compile_s": ".1f"})
     md += "\n\n" + C.markdown_table(payload["summary"], ["env", "remat", "n_small", "n_large", "peak_ratio",
                                                          "temp_ratio", "goal_met_peak", "goal_met_temp"],

@@ -299,3 +299,21 @@ def test_shac_swings_up_cartpole_and_beats_bpo_at_equal_env_steps():
         assert s["final_return"][i] > SWING_UP_THRESHOLD, (seed, s["final_return"][i])
         assert s["final_return"][i] > b["final_return"][i] + MARGIN_OVER_BPO, (seed, s["final_return"][i],
                                                                                b["final_return"][i])
+
+
+def test_remat_modes_change_memory_not_the_update():
+    """``remat`` (issue 16: memory at scale) trades recomputation for memory: one update with
+    nested checkpointing equals the one without (float32 rounding), and a bad mode is refused."""
+    outs = []
+    for remat in (False, "nested"):
+        cfg = TINY.replace(remat=remat)
+        agent = shac.make_agent(cfg)
+        hp = cfg.hparams()
+        state = agent.init(jax.random.key(0), hp)
+        new, m = jax.jit(agent.update)(state, hp, jax.random.key(1))
+        outs.append((jax.tree_util.tree_leaves(new.policy_params), float(m["grad_norm"])))
+    assert outs[0][1] > 0 and abs(outs[0][1] - outs[1][1]) <= 1e-5 * outs[0][1]
+    for a, b in zip(outs[0][0], outs[1][0]):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="remat"):
+        shac.make_agent(TINY.replace(remat="sometimes"))

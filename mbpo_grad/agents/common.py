@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mbpo_grad.policies.base import Policy
 from mbpo_grad.validation import check_int, check_policy
@@ -159,6 +160,27 @@ def make_env(name, *, x64: bool = False, **kw):
         return envs.make(name, **kw)
     except ValueError as err:
         raise ValueError(f"env: {err}") from None
+
+
+REMAT_MODES = ("nested", "dots")
+
+
+def remat_mode(value: Any, name: str = "remat") -> Any:
+    """A config's ``remat`` as the engine takes it (``rollout.unroll``): False (keep every step's
+    intermediates), True (checkpoint each step: memory O(n·|state|)), "nested" (checkpointed
+    segments of ⌈√n⌉ steps: O(√n·|state|)), "dots" (per-step checkpoint keeping matmul outputs,
+    ``jax.checkpoint_policies.dots_with_no_batch_dims_saveable``) or an int k ≥ 1 (segments of k
+    steps). Memory grows linearly in the env count at every setting (``benchmarks.memory_vs_horizon
+    --batches``): remat is what lets thousands of envs fit one device."""
+    if isinstance(value, bool):
+        return value
+    if value == "dots":
+        return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    if value == "nested":
+        return value
+    if isinstance(value, (int, np.integer)):
+        return check_int(value, name)
+    raise ValueError(f"{name} must be False, True, one of {REMAT_MODES} or an int >= 1 (segment length), got {value!r}")
 
 
 def check_user_env(env):

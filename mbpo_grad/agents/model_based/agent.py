@@ -121,7 +121,8 @@ def make_algo(config: ModelBasedConfig, env, policy: Optional[Policy] = None,
         returns the engine's ``Trajectory`` ([M, ...]). Any rollout count M works.
         """
         rets, traj = losses.rollout_return(policy, model, critic, pp, batch, horizon=n, obs_norm=config.obs_norm,
-                                           reward_fn=reward_fn, done_fn=done_fn)
+                                           reward_fn=reward_fn, done_fn=done_fn,
+                                           remat=common.remat_mode(config.remat))
         return (rets, traj) if return_traj else rets
 
     def actor_batch(l: MBLearner, buf, hp, key) -> ActorBatch:

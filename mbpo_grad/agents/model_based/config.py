@@ -10,13 +10,13 @@ names the offending field or argument.
 from __future__ import annotations
 
 import dataclasses
-from typing import Tuple
+from typing import Any, Tuple
 
 import jax
 import jax.numpy as jnp
 
 from mbpo_grad import validation as V
-from mbpo_grad.agents import hyperparams
+from mbpo_grad.agents import common, hyperparams
 from mbpo_grad.agents import offpolicy as OP
 from mbpo_grad.agents.hyperparams import traced
 
@@ -61,6 +61,7 @@ class ModelBasedConfig(OP.OffPolicyConfig):
     obs_norm: bool = True
     entropy: bool = False
     max_grad_norm_to_skip: float = 1e6
+    remat: Any = False         # the model rollout's backward pass: False | True | "nested" | "dots" | int
     # float hyper-parameters (defaults for HParams)
     actor_lr: float = traced(1e-3)
     critic_lr: float = traced(1e-3)
@@ -86,6 +87,7 @@ def validate(config: ModelBasedConfig, env=None):
     """Check the static config; returns (env, episode_length). Errors name the field."""
     env, episode_length = OP.validate(config, ModelBasedConfig, env)
     OP.pos_int(config.horizon, "horizon")
+    common.remat_mode(config.remat)
     for name in ("ensemble_size", "elites", "model_epochs", "model_batch", "critic_iterations"):
         OP.pos_int(getattr(config, name), name)
     OP.pos_int(config.fit_size, "fit_size", minimum=2)

@@ -86,7 +86,7 @@ def normalise(obs_norm: bool, stats: N.RunningStats, obs: jax.Array) -> jax.Arra
 
 def rollout_return(policy, model: GaussianEnsemble, critic, policy_params: PyTree, batch: ActorBatch, *,
                    horizon: int, obs_norm: bool, reward_fn: Optional[Callable] = None,
-                   done_fn: Optional[Callable] = None) -> Tuple[jax.Array, Any]:
+                   done_fn: Optional[Callable] = None, remat: Any = False) -> Tuple[jax.Array, Any]:
     """(J [M], Trajectory [M, ...]): J_b = Σ_{t<n} γ^t r̃_t + γ^n V'(s_n) through the model.
 
     ``policy`` the ``Policy`` bundle (on normalised observations), ``model`` the ensemble bundle
@@ -118,7 +118,7 @@ def rollout_return(policy, model: GaussianEnsemble, critic, policy_params: PyTre
         bonus_on_bootstrap=False)
     return pathwise_returns(pi_s, policy_params, step_s, soft_reward, states0, horizon=horizon, gamma=batch.gamma,
                             bootstrap=boot_s, policy_noise=batch.policy_noise, dynamics_noise=batch.dynamics_noise,
-                            done=model_done)
+                            done=model_done, remat=remat)
 
 
 def actor_loss(returns: jax.Array, horizon: int) -> jax.Array:

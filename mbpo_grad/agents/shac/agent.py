@@ -72,6 +72,7 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
     critic_steps = int(config.critic_iterations) * n_mb
     fdtype = jnp.float64 if config.x64 else jnp.float32
     per_env = config.guard == "per_env"
+    remat = common.remat_mode(config.remat)
     skip_norm = float(config.max_grad_norm_to_skip)
 
     # Built once: the learning rates and the clip norm are hyper-parameters in the optimiser
@@ -114,7 +115,7 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
         return losses.window_return(
             lambda params, ts, e: policy.sample(params, observe(stats, ts), e), pp, step, reward, done, ts0,
             horizon=n, gamma=gamma, value=value, terminal=terminal, policy_noise=eps, dynamics_noise=xi,
-            remat=config.remat)
+            remat=remat)
 
     def actor_objective(pp, batch: ActorBatch, return_traj: bool = False):
         """J_b [B], the per-env window objective the actor step ascends (loss −mean_b J_b / n):
@@ -295,7 +296,7 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
 
     def evaluate(state: SHACState, hp: HParams, key):
         return common.evaluate_policy(env, act, policy_params(state, hp), key, num_envs=config.eval_envs,
-                                      episode_length=episode_length, dtype=fdtype, remat=config.remat)
+                                      episode_length=episode_length, dtype=fdtype, remat=remat)
 
     name = "shac" if config.use_critic else ("bpo" if n == episode_length else "truncated-bpo")
     return Agent(init, update, evaluate, name, policy_params, act,

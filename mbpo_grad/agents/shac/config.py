@@ -73,7 +73,7 @@ class SHACConfig(hyperparams.Config):
     adam_b2: float = 0.95
     eval_every: int = 50
     eval_envs: int = 32
-    remat: bool = False
+    remat: Any = False         # False | True | "nested" | "dots" | int: see common.remat_mode
     actor_warmup: int = 0
     # reliability (see "Guards" in the module docstring)
     guard: str = "per_env"
@@ -149,6 +149,7 @@ def validate(config: SHACConfig, env=None) -> Tuple[Any, int]:
     thr = config.max_grad_norm_to_skip
     if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not thr > 0:
         raise ValueError(f"max_grad_norm_to_skip must be a float > 0 (inf never skips a finite gradient), got {thr!r}")
+    common.remat_mode(config.remat)
     common.pos_int(config.skip_window, "skip_window")
     if not isinstance(config.skip_threshold, (int, float)) or not 0.0 <= config.skip_threshold < 1.0:
         raise ValueError(f"skip_threshold must lie in [0, 1), got {config.skip_threshold!r}")
