@@ -6,11 +6,16 @@ compute the same objective and gradient, memory figures are consistent, and the 
 comparison's goal check and plot work on the runs' record format.
 """
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from benchmarks import compile_time, memory_vs_horizon, reverse_mode_ratio, sweep_throughput, vs_brax_apg
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load(path):
@@ -95,15 +100,25 @@ def test_vs_brax_apg_goal_check_and_plot(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.physics
-def test_vs_brax_apg_tiny(tmp_path):
-    """Brax's APG and our SHAC on the Brax pendulum at toy size (~1.5 min on 2 cores: Brax
-    gradient compiles; BPO runs through the same code path as SHAC and is left out)."""
-    out = tmp_path / "apg.json"
-    vs_brax_apg.main(["--tiny", "--agents", "apg,shac", "--out", str(out)])
-    payload = _load(out)
+def test_gpu_suite_dry_run(tmp_path):
+    """``benchmarks/gpu_suite.sh --tiny``: every step of the GPU suite at toy size on the CPU
+    (~1.5 min on 2 cores, mostly Brax / MJX gradient compiles), its SUMMARY.md with each
+    benchmark's table; the APG comparison's records as ``vs_brax_apg --tiny --agents apg,shac``."""
+    out = tmp_path / "gpu"
+    res = subprocess.run(["bash", os.path.join(REPO, "benchmarks", "gpu_suite.sh"), "--tiny"], cwd=REPO,
+                         env=dict(os.environ, GPU_SUITE_OUT=str(out), PYTHON=sys.executable),
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    summary = (out / "SUMMARY.md").read_text()
+    for name in ("sweep_throughput", "vs_brax_apg", "reverse_mode_ratio", "mjx_float32_gradients"):
+        section = summary.split(f"## {name}\n", 1)[1].split("\n## ", 1)[0]
+        assert section.startswith("|") and "failed" not in section, (name, section)
+    payload = _load(out / "vs_brax_apg.json")
     entry = payload["envs"]["inverted_pendulum"]
     assert [r["agent"] for r in entry["runs"]] == ["apg", "shac"]
     assert entry["goal"]["goal_met"] in (True, False)
     for run in entry["runs"]:
         assert run["points"] and all(np.isfinite(p["eval_return"]) for p in run["points"])
-    assert (tmp_path / "apg.png").exists()
+    assert (out / "vs_brax_apg.png").exists()
+    rows = json.loads((out / "mjx_float32_gradients.json").read_text())
+    assert rows and all(r["f32_finite"] == r["starts"] and r["median_cos"] >= 0.99 for r in rows)
