@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_suite.sh          # on a GPU machine (pip install -e ".[all,cuda]")
 #   bash benchmarks/gpu_suite.sh --tiny   # CPU dry run at toy sizes (CI runs it): every step, nothing measured
 #
-# Steps: sweep throughput at K = 1 ... 256 seeds in one vmapped program; SHAC vs Brax's APG on
+# Steps: sweep throughput at K = 1 ... 256 seeds in one vmapped program; SHAC vs Brax's APG and PPO on
 # Brax's inverted pendulum and half-cheetah (time to threshold, compile included); the
 # reverse-mode cost ratio; float32 MJX gradients (finite fraction, cosine vs float64, time).
 set -euo pipefail
@@ -53,7 +53,7 @@ if [ "$TINY" = 1 ]; then
   step mjx_float32_gradients 180 --starts 2 --horizon 4 --envs cartpole --json "$OUT/mjx_float32_gradients.json"
 else
   step sweep_throughput 90 --ks 1,4,16,64,256 --iterations 30 --num-envs 32 --out "$OUT/sweep_throughput.json"
-  step vs_brax_apg 240 --full --agents apg,shac --num-envs 1024 --out "$OUT/vs_brax_apg.json"
+  step vs_brax_apg 240 --full --agents apg,ppo,shac --num-envs 1024 --out "$OUT/vs_brax_apg.json"
   step reverse_mode_ratio 45 --out "$OUT/reverse_mode_ratio.json"
   step mjx_float32_gradients 90 --starts 256 --horizon 128 --json "$OUT/mjx_float32_gradients.json"
 fi

@@ -6,6 +6,9 @@ the same number of parallel envs:
   apg   ``brax.training.agents.apg.train``: horizon 32, lr 3e-3, its own defaults
         otherwise (Adam (0.7, 0.95), exponential lr decay, gradient clipping at 1,
         4×32 tanh policy), evaluated deterministically on 128 envs
+  ppo   ``brax.training.agents.ppo.train`` (only with ``--agents ...,ppo``; the GPU suite runs it)
+        at the same env-step budget: unroll 16, 8 minibatches, 4 epochs, lr 3e-4, γ 0.97,
+        normalised observations, deterministic evaluation
   shac  ``mbpo_grad.agents.shac`` with per-env settings (``SHAC_SETTINGS``: window, critic-only
         warm-up, actor lr, guard), iterations chosen for the same env steps as APG. Its deterministic
         tanh-MLP policy starts with a zero last layer (action 0), like APG's small-output
@@ -78,6 +81,33 @@ def run_apg(env_name: str, backend: str, episode_length: int, updates: int, num_
     for p in points:
         p["env_steps"] = p["update"] * num_envs * horizon
     return {"agent": "apg", "points": points, "wall_s": total}
+
+
+def run_ppo(env_name: str, backend: str, episode_length: int, env_steps: int, num_envs: int, num_evals: int,
+            seed: int, eval_envs: int, tiny: bool = False) -> Dict:
+    """Brax's PPO (``brax.training.agents.ppo.train``) at the same env-step budget: the usual
+    Brax settings for small control tasks (unroll 16, 8 minibatches of 64 envs' windows, 4 epochs,
+    lr 3e-4, γ 0.97, normalised observations, deterministic evaluation)."""
+    from brax import envs as brax_envs
+    from brax.training.agents.ppo import train as ppo
+
+    env = brax_envs.get_environment(env_name, backend=backend)
+    unroll, minibatches, batch = (4, 2, num_envs) if tiny else (16, 8, 64)
+    points: List[Dict] = []
+    t0 = time.perf_counter()
+
+    def progress(step, metrics):
+        points.append({"wall_s": time.perf_counter() - t0, "env_steps": int(step),
+                       "eval_return": float(metrics["eval/episode_reward"])})
+        C.log(f"    ppo eval {len(points)}: return {points[-1]['eval_return']:.1f} at {points[-1]['wall_s']:.0f} s")
+
+    ppo.train(environment=env, num_timesteps=env_steps, episode_length=episode_length, num_envs=num_envs,
+              unroll_length=unroll, num_minibatches=minibatches, batch_size=batch, num_updates_per_batch=4,
+              learning_rate=3e-4, entropy_cost=1e-2, discounting=0.97, normalize_observations=True,
+              num_evals=num_evals, num_eval_envs=eval_envs, deterministic_eval=True, seed=seed,
+              progress_fn=progress)
+    return {"agent": "ppo", "points": points, "wall_s": time.perf_counter() - t0,
+            "config": {"unroll_length": unroll, "num_minibatches": minibatches, "batch_size": batch}}
 
 
 def run_ours(agent_name: str, env_name: str, backend: str, episode_length: int, updates: int, num_envs: int,
@@ -168,7 +198,7 @@ def main(argv=None) -> Dict:
     p = C.parser(NAME, __doc__.split("\n")[0])
     p.add_argument("--full", action="store_true", help="also half-cheetah (positional), 100 updates")
     p.add_argument("--envs", default=None, help=f"comma-separated subset of {','.join(SETTINGS)}")
-    p.add_argument("--agents", default="apg,shac,bpo", help="comma-separated subset of apg,shac,bpo")
+    p.add_argument("--agents", default="apg,shac,bpo", help="comma-separated subset of apg,ppo,shac,bpo")
     p.add_argument("--updates", type=int, default=None, help="APG updates = SHAC iterations (default per env)")
     p.add_argument("--num-envs", type=int, default=64, help="parallel envs for every agent (default 64)")
     p.add_argument("--num-evals", type=int, default=11, help="evaluations per run, incl. APG's initial one")
@@ -193,7 +223,7 @@ def main(argv=None) -> Dict:
     names = args.envs.split(",") if args.envs else (list(SETTINGS) if args.full else ["inverted_pendulum"])
     agents = args.agents.split(",")
     for a in agents:
-        if a not in ("apg", "shac", "bpo"):
+        if a not in ("apg", "ppo", "shac", "bpo"):
             p.error(f"--agents: unknown agent {a!r}")
     horizon, num_envs, num_evals, eval_envs = 32, args.num_envs, args.num_evals, 128
     payload = {"benchmark": NAME, "machine": C.machine(), "envs": {}}
@@ -214,6 +244,9 @@ def main(argv=None) -> Dict:
             if a == "apg":
                 run = run_apg(brax_name, backend, episode_length, updates, num_envs, horizon, num_evals, args.seed,
                               eval_envs)
+            elif a == "ppo":
+                run = run_ppo(brax_name, backend, episode_length, updates * num_envs * horizon, num_envs, num_evals,
+                              args.seed, eval_envs, tiny=args.tiny)
             else:
                 window, overrides = None, {}
                 if a == "shac":
