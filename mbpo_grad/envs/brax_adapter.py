@@ -79,6 +79,7 @@ import numpy as np
 
 from mbpo_grad.envs.base import Env
 from mbpo_grad.rollout import transition_reward
+from mbpo_grad.validation import check_int
 
 BACKENDS = ("generalized", "positional", "spring", "mjx")
 # Brax's training wrappers: they batch, time-limit or auto-reset, which the engine does itself.
@@ -144,19 +145,10 @@ def upright_reward(control_cost: float = 0.01):
     return transition_reward(fn)
 
 
-def _check_positive_int(value: Any, name: str, allow_none: bool = False) -> Optional[int]:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        extra = " or None" if allow_none else ""
-        raise ValueError(f"{name} must be a positive int{extra}, got {value!r}")
-    return int(value)
-
-
 def _check_settings(episode_length: Any, reward: Any, x64: bool, solver_iterations: Any) -> tuple:
     """(episode_length, solver_iterations, dtype) after validation; shared by ``make`` and ``from_brax``."""
-    episode_length = _check_positive_int(episode_length, "episode_length")
-    solver_iterations = _check_positive_int(solver_iterations, "solver_iterations", allow_none=True)
+    episode_length = check_int(episode_length, "episode_length")
+    solver_iterations = check_int(solver_iterations, "solver_iterations", allow_none=True)
     if reward is not None and not callable(reward):
         raise TypeError(f"reward must be callable (reward(state, action) or mg.transition_reward(fn)), got {reward!r}")
     if x64:

@@ -51,6 +51,7 @@ from mbpo_grad.envs.base import Env
 from mbpo_grad.envs import mjx_grad
 from mbpo_grad.envs.brax_adapter import cast_floats, require_x64
 from mbpo_grad.rollout import transition_reward
+from mbpo_grad.validation import check_int
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 BUILTINS = {"inverted_pendulum": os.path.join(ASSETS, "inverted_pendulum.xml")}
@@ -77,15 +78,6 @@ def _resolve_model(model: Any) -> tuple:
     raise ValueError(
         f"model: {model!r} is neither a builtin MJX model ({sorted(BUILTINS)}) nor an existing MuJoCo XML file"
     )
-
-
-def _check_int(value: Any, name: str, minimum: int, allow_none: bool = False) -> Optional[int]:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        extra = " or None" if allow_none else ""
-        raise ValueError(f"{name} must be an int >= {minimum}{extra}, got {value!r}")
-    return int(value)
 
 
 def from_mjx(
@@ -139,10 +131,10 @@ def from_mjx(
     if not isinstance(mj_model, mujoco.MjModel):
         raise TypeError(f"mj_model must be a mujoco.MjModel (e.g. mujoco.MjModel.from_xml_string(xml)), got "
                         f"{type(mj_model).__name__}; for a path or builtin name use envs.make('mjx:<model>')")
-    episode_length = _check_int(episode_length, "episode_length", 1)
-    solver_iterations = _check_int(solver_iterations, "solver_iterations", 1, allow_none=True)
-    ls_iterations = _check_int(ls_iterations, "ls_iterations", 1, allow_none=True)
-    frame_skip = _check_int(frame_skip, "frame_skip", 1)
+    episode_length = check_int(episode_length, "episode_length")
+    solver_iterations = check_int(solver_iterations, "solver_iterations", allow_none=True)
+    ls_iterations = check_int(ls_iterations, "ls_iterations", allow_none=True)
+    frame_skip = check_int(frame_skip, "frame_skip")
     if not np.isscalar(reset_noise_scale) or not np.isfinite(reset_noise_scale) or reset_noise_scale < 0:
         raise ValueError(f"reset_noise_scale must be a finite float >= 0, got {reset_noise_scale!r}")
     if reward is None:
