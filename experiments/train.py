@@ -91,6 +91,8 @@ def build_parser() -> rundir.CliParser:
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its newest checkpoint (settings from its config.json)")
     p.add_argument("--out", default=None, help="run folder (default runs/train-<timestamp>)")
+    p.add_argument("--tiny", action="store_true",
+                   help="a smoke run of every code path at toy size (8 envs, n = 8, 32-step episodes, 6 iterations)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard event files")
     return p
@@ -173,6 +175,8 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
     args = parser.parse_args(argv)
     if args.resume is not None:
         args = resume_args(args, parser)
+    if args.tiny:
+        args.n, args.num_envs, args.iterations, args.eval_every, args.episode_length = 8, 8, 6, 3, 32
     if args.x64:
         # Before any array exists: arrays created earlier would stay 32-bit.
         jax.config.update("jax_enable_x64", True)

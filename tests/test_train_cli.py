@@ -159,3 +159,15 @@ def test_resume_refuses_a_checkpoint_from_other_settings(tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--resume: config:" in err and "lam" in err, err
+
+
+def test_tiny_preset_is_a_short_complete_run(tmp_path):
+    """``--tiny``: the main job's every step (train, evaluate, run folder) at toy size."""
+    from experiments import train as train_cli
+
+    ret = train_cli.main(["--tiny", "--quiet", "--out", str(tmp_path / "run")])
+    assert np.isfinite(ret)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert (cfg["horizon"], cfg["num_envs"], cfg["iterations"], cfg["episode_length"]) == (8, 8, 6, 32)
