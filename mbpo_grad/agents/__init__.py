@@ -7,7 +7,7 @@ agents in this folder (``ddpg``, ``td3``, ``sac``, ``nfqca``, ``model_based``, â
 by name, e.g. ``from mbpo_grad.agents import td3``.
 """
 from mbpo_grad.agents import common, shac
-from mbpo_grad.agents import offpolicy, ddpg, td3, sac, nfqca, fqi, model_based
+from mbpo_grad.agents import offpolicy, ddpg, td3, sac, nfqca, fqi, model_based, ppo
 from mbpo_grad.agents.common import Agent
 
-__all__ = ["Agent", "common", "shac", "offpolicy", "ddpg", "td3", "sac", "nfqca", "fqi", "model_based"]
+__all__ = ["Agent", "common", "shac", "offpolicy", "ddpg", "td3", "sac", "nfqca", "fqi", "model_based", "ppo"]
