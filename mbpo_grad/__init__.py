@@ -25,7 +25,7 @@ from mbpo_grad import nn
 from mbpo_grad import policies
 from mbpo_grad import bijectors, distributions, exploration, trust_region
 from mbpo_grad import checkpoint, guards, score_function, tabular, linear_gaussian
-from mbpo_grad.sweeps import sweep
+from mbpo_grad.sweeps import initialize_distributed, sweep
 from mbpo_grad import models, replay, svg
 from mbpo_grad.runs import load_policy
 
@@ -33,7 +33,7 @@ __all__ = [
     "Trajectory", "gate_gradient", "transition_reward", "unroll",
     "actor_q_objective", "batched_unroll", "bpo", "discounted_sum", "dpmb", "nstep",
     "pathwise_objective", "pathwise_returns", "trajectory_return",
-    "returns", "nn", "policies", "bijectors", "distributions", "exploration", "trust_region", "checkpoint", "guards", "sweep", "score_function", "tabular", "linear_gaussian",
+    "returns", "nn", "policies", "bijectors", "distributions", "exploration", "trust_region", "checkpoint", "guards", "sweep", "initialize_distributed", "score_function", "tabular", "linear_gaussian",
     "models", "replay", "svg", "load_policy",
 ]
 __version__ = "0.1.0"

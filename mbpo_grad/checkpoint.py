@@ -63,8 +63,25 @@ Integrity. Orbax records no checksum of the array data (measured: bytes
 overwritten in the middle of an OCDBT data file restore silently as different
 numbers). ``save`` therefore records the SHA-256 of every fully addressable
 leaf's bytes in ``meta``, which Orbax commits together with the arrays, and
-``restore`` verifies them, naming a corrupted leaf. A leaf sharded over several
-hosts is not hashed (it is never on one host).
+``restore`` verifies them, naming a corrupted leaf.
+
+Several processes (``jax.distributed``; every process calls ``save`` and
+``restore`` with the same arguments, the folder on a filesystem they all see).
+A leaf that is a global ``jax.Array`` (sharded or replicated over devices of
+several processes) is never all on one host, so it is hashed per shard: meta
+records ``shard_sha256``, the SHA-256 of each distinct shard's bytes keyed by its
+place (``"0:4,0:3"``), each shard hashed by the process holding its replica 0
+and the digests all-gathered (one collective per save). ``restore`` checks on
+every process the shards it reads; restored in the layout it was saved in (the
+resume case) every shard is checked, restored to the host (no target, or a
+host-local target) the whole leaf is checked slice by slice, restored into a
+different global layout only the shards whose place matches are checked. A
+leaf that is not a global array (NumPy, a Python scalar, a ``jax.Array`` on one
+process's devices: Orbax refuses the latter in a multi-process run, so it is
+written from the host as NumPy) is written from process 0's copy and keeps its
+whole-array SHA-256; ``save`` refuses (ValueError naming it) such a leaf whose
+bytes differ between processes, and processes whose trees differ. A corruption
+found by any process makes every process raise.
 
 Older checkpoints. A step folder holding ``arrays.npz`` + ``meta.json`` (format
 1, written by mbpo_grad before Orbax) is still read by ``restore`` with the
@@ -195,12 +212,115 @@ def _leaf_paths(tree: PyTree) -> Tuple[List[str], List[Any], Any]:
     return paths, leaves, treedef
 
 
+def _sha256(data: Any) -> str:
+    data = np.ascontiguousarray(np.asarray(data))
+    return hashlib.sha256(data.view(np.uint8).reshape(-1).data if data.size else b"").hexdigest()
+
+
 def _digest(arr: Any) -> Optional[str]:
     """SHA-256 of an array's bytes (C order), None when it is not all on this host."""
     if isinstance(arr, jax.Array) and not arr.is_fully_addressable:
         return None
-    data = np.ascontiguousarray(np.asarray(jax.device_get(arr)))
-    return hashlib.sha256(data.view(np.uint8).reshape(-1).data if data.size else b"").hexdigest()
+    return _sha256(jax.device_get(arr))
+
+
+def _multi() -> bool:
+    return jax.process_count() > 1
+
+
+def _is_global(x: Any) -> bool:
+    """A jax.Array spanning devices of several processes (no process holds all of it)."""
+    return isinstance(x, jax.Array) and not x.is_fully_addressable
+
+
+def _index_key(index: Tuple[slice, ...], shape: Tuple[int, ...]) -> str:
+    """A shard's place in the global array as text, ``"0:4,0:3"`` (start:stop per axis)."""
+    return ",".join(f"{a}:{b}" for a, b, _ in (sl.indices(n) for sl, n in zip(index, shape)))
+
+
+def _index_slices(key: str) -> Tuple[slice, ...]:
+    return tuple(slice(int(a), int(b)) for a, b in (part.split(":") for part in key.split(","))) if key else ()
+
+
+def _shard_keys(arr: jax.Array) -> List[str]:
+    """The distinct shard places of a global array (the same list on every process)."""
+    return sorted({_index_key(idx, arr.shape) for idx in arr.sharding.devices_indices_map(arr.shape).values()})
+
+
+def _allgather(rows: np.ndarray) -> np.ndarray:
+    """``[n_processes, *rows.shape]``: every process's ``rows`` (same shape on all), on every process."""
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(rows))
+
+
+def _exchange_digests(paths: List[str], arrays: List[Any], leaf_meta: List[Dict[str, Any]]) -> None:
+    """Multi-process ``save``: make every leaf's digest record the same on every process.
+
+    A global leaf (sharded over the devices of several processes) gets ``shard_sha256``,
+    ``{index: SHA-256 of that shard's bytes}`` for each distinct shard: each shard is hashed by
+    the process holding its replica 0 and the 32-byte digests are all-gathered (one collective
+    for the whole state). A host-local leaf (NumPy, or a jax.Array on this process's devices)
+    keeps its whole-array ``sha256`` and must hold the same bytes on every process: Orbax writes
+    process 0's copy, so a leaf that differs is refused (ValueError naming it) rather than
+    silently saved as one process's value. A first collective compares the state's structure
+    (paths, kinds, dtypes, shapes), so processes that pass different trees get a ValueError
+    instead of mismatched collectives.
+    """
+    shape_text = json.dumps([[p, m.get("kind"), m.get("dtype"), m.get("shape")] for p, m in zip(paths, leaf_meta)])
+    structure = np.frombuffer(bytes.fromhex(_sha256(np.frombuffer(shape_text.encode(), np.uint8))), np.uint8)
+    if not (_allgather(structure[None]) == structure).all():
+        raise ValueError("state: the processes passed different trees (paths, dtypes or shapes) to save; "
+                         "every process must save the same state")
+    rows: List[bytes] = []
+    owners: List[Tuple[int, Optional[str]]] = []  # (leaf index, shard key or None for a host-local leaf)
+    for i, (arr, meta) in enumerate(zip(arrays, leaf_meta)):
+        if arr is None:
+            continue
+        if _is_global(arr):
+            mine = {_index_key(sh.index, arr.shape): _sha256(sh.data)
+                    for sh in arr.addressable_shards if sh.replica_id == 0}
+            for key in _shard_keys(arr):
+                rows.append(bytes.fromhex(mine[key]) if key in mine else bytes(32))
+                owners.append((i, key))
+        else:
+            rows.append(bytes.fromhex(meta["sha256"]))
+            owners.append((i, None))
+    if not rows:
+        return
+    everyone = _allgather(np.frombuffer(b"".join(rows), np.uint8).reshape(len(rows), 32))  # [P, R, 32]
+    combined = np.bitwise_or.reduce(everyone, axis=0)  # a shard's row is non-zero on its owner only
+    for r, (i, key) in enumerate(owners):
+        if key is None:
+            if not (everyone[:, r] == everyone[0, r]).all():
+                raise ValueError(
+                    f"state leaf at {paths[i]} differs between processes; a leaf that is not a global "
+                    "jax.Array (NumPy, or an array on one process's devices) must hold the same value on "
+                    "every process, since process 0's copy is the one written")
+        else:
+            leaf_meta[i].setdefault("shard_sha256", {})[key] = combined[r].tobytes().hex()
+
+
+def _verify(value: Any, meta: Dict[str, Any]) -> bool:
+    """Whether a restored leaf matches its recorded digests (True when nothing is recorded).
+
+    A whole-array ``sha256`` is checked on the host copy. ``shard_sha256``: a host copy is
+    sliced at every recorded shard; a global array has each of this process's shards checked
+    whose place was recorded (all of them when restored in the layout it was saved in; shards
+    of a different layout are not checked).
+    """
+    if meta.get("shard_sha256"):
+        table = meta["shard_sha256"]
+        if _is_global(value):
+            for sh in value.addressable_shards:
+                want = table.get(_index_key(sh.index, value.shape))
+                if want is not None and _sha256(sh.data) != want:
+                    return False
+            return True
+        host = np.asarray(jax.device_get(value))
+        return all(_sha256(host[_index_slices(key)]) == want for key, want in table.items())
+    if meta.get("sha256") is not None:
+        return _digest(value) == meta["sha256"]
+    return True
 
 
 def _encode_leaf(path: str, leaf: Any) -> Tuple[Optional[Any], Dict[str, Any]]:
@@ -232,6 +352,10 @@ def _encode_leaf(path: str, leaf: Any) -> Tuple[Optional[Any], Dict[str, Any]]:
         raise TypeError(f"state leaf at {path} is an object array; only numeric arrays can be saved")
     if arr.size == 0:  # Orbax refuses zero-size arrays; the shape is all there is to keep
         return None, {**meta, "empty": True}
+    if isinstance(arr, jax.Array) and arr.is_fully_addressable and _multi():
+        # Orbax refuses an array on one process's devices in a multi-process run ("host local"):
+        # it is written from the host like a NumPy leaf (process 0's copy; see _exchange_digests).
+        arr = np.asarray(jax.device_get(arr))
     return arr, {**meta, "sha256": _digest(arr)}
 
 
@@ -247,25 +371,41 @@ def _default_sharding() -> jax.sharding.Sharding:
     return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
 
+def _key_data_sharding(sharding: jax.sharding.Sharding) -> Optional[jax.sharding.Sharding]:
+    """The sharding of a key array's key data (the key's trailing axis added, unsharded)."""
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*sharding.spec, None))
+    if isinstance(sharding, jax.sharding.SingleDeviceSharding):
+        return sharding
+    return None
+
+
 def _restore_spec(meta: Dict[str, Any], tleaf: Any) -> Any:
-    """The abstract leaf Orbax restores into: NumPy for NumPy leaves, else a sharded array."""
+    """The abstract leaf Orbax restores into: NumPy for NumPy leaves, else a sharded array.
+
+    In a multi-process run a leaf is read as a global array only when the target leaf is one
+    (each process then reads its own shards) and it was saved as one; otherwise every process
+    reads the whole leaf to the host (Orbax refuses arrays on one process's devices there) and
+    ``_assemble`` places it.
+    """
     shape = tuple(meta.get("data_shape", meta["shape"]))
     dtype = np.dtype(jnp.dtype(meta["dtype"]))
     if meta["kind"] == "numpy":
         return np.empty(shape, dtype)
     sharding = getattr(tleaf, "sharding", None)
+    if _multi():
+        if not (isinstance(sharding, jax.sharding.Sharding) and not sharding.is_fully_addressable
+                and "shard_sha256" in meta):
+            return np.empty(shape, dtype)
     if not isinstance(sharding, jax.sharding.Sharding):
         sharding = _default_sharding()
     elif meta["kind"] == "key":
-        if isinstance(sharding, jax.sharding.NamedSharding):
-            # key data has the key's trailing axis: extend the key's partition spec by None.
-            sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*sharding.spec, None))
-        elif not isinstance(sharding, jax.sharding.SingleDeviceSharding):
-            sharding = _default_sharding()
+        # key data has the key's trailing axis: extend the key's partition spec by None.
+        sharding = _key_data_sharding(sharding) or _default_sharding()
     return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
 
-def _decode_leaf(path: str, value: Any, meta: Dict[str, Any]) -> Any:
+def _decode_leaf(path: str, value: Any, meta: Dict[str, Any], verify: bool = True) -> Any:
     kind = meta["kind"]
     if kind in ("bool", "int", "float"):
         return {"bool": bool, "int": int, "float": float}[kind](meta["value"])
@@ -274,7 +414,7 @@ def _decode_leaf(path: str, value: Any, meta: Dict[str, Any]) -> Any:
         _check_x64(path, dtype)
     if meta.get("empty"):
         value = np.zeros(meta.get("data_shape", meta["shape"]), dtype)
-    elif meta.get("sha256") is not None and _digest(value) != meta["sha256"]:
+    elif verify and not _verify(value, meta):
         raise ValueError(f"checkpoint is corrupted: leaf {path} does not match its recorded SHA-256")
     if kind == "numpy":
         value = np.asarray(value)
@@ -470,13 +610,16 @@ def save(directory: Any, step: int, state: PyTree, *, config: Dict[str, Any], ke
 
     paths, leaves, treedef = _leaf_paths(state)
     arrays: Dict[str, Any] = {}
-    leaf_meta = []
+    leaf_meta, encoded = [], []
     for i, (path, leaf) in enumerate(zip(paths, leaves)):
         arr, meta = _encode_leaf(path, leaf)
         if arr is not None:
             arrays[_leaf_name(i)] = arr
             meta["name"] = _leaf_name(i)
         leaf_meta.append({"path": path, **meta})
+        encoded.append(arr)
+    if _multi():
+        _exchange_digests(paths, encoded, leaf_meta)
     meta = {"format_version": FORMAT_VERSION, "step": step, "config": cfg, "treedef": str(treedef),
             "leaves": leaf_meta}
 
@@ -549,7 +692,12 @@ def _assemble(step: int, values: List[Any], leaf_meta: List[Dict[str, Any]], tar
         sharding = getattr(tleaf, "sharding", None)
         if isinstance(value, jax.Array) and isinstance(sharding, jax.sharding.Sharding) and \
                 value.sharding != sharding:
-            value = jax.device_put(value, sharding)
+            if _is_key(value) and not sharding.is_fully_addressable:
+                # device_put refuses a key array for a sharding over several processes: place its data.
+                data = jax.device_put(jax.random.key_data(value), _key_data_sharding(sharding))
+                value = jax.random.wrap_key_data(data, impl=jax.random.key_impl(value))
+            else:
+                value = jax.device_put(value, sharding)
         placed.append(value)
     return step, jax.tree_util.tree_unflatten(treedef, placed)
 
@@ -606,7 +754,14 @@ def restore(
             arrays = mgr.restore(step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(specs)}))[_STATE]
     finally:
         mgr.close()
-    values = [_decode_leaf(m["path"], arrays.get(m.get("name")), m) for m in leaf_meta]
+    if _multi():  # every process checks its part; all of them raise together
+        ok = np.asarray([m.get("empty") or "name" not in m or _verify(arrays.get(m["name"]), m)
+                         for m in leaf_meta], np.uint8)
+        bad = np.flatnonzero(_allgather(ok).min(axis=0) == 0) if ok.size else []
+        if len(bad):
+            raise ValueError(f"checkpoint is corrupted: leaf {leaf_meta[bad[0]]['path']} does not match "
+                             "its recorded SHA-256")
+    values = [_decode_leaf(m["path"], arrays.get(m.get("name")), m, verify=not _multi()) for m in leaf_meta]
     return _assemble(int(meta["step"]), values, leaf_meta, target, target_leaves, treedef)
 
 
@@ -686,6 +841,10 @@ def save_pytree(path: Any, tree: PyTree, *, metadata: Dict[str, Any], overwrite:
             shutil.rmtree(dest, ignore_errors=True)  # a crashed replacement's leftover
     if multi:
         ocp.multihost.sync_global_processes("mbpo_grad.checkpoint.save_pytree:prepared")
+    if multi:  # Orbax refuses arrays on one process's devices there: write them from the host (process 0's)
+        tree = jax.tree_util.tree_map(
+            lambda x: np.asarray(x) if isinstance(x, jax.Array) and x.is_fully_addressable and not _is_key(x) else x,
+            tree)
     ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
     try:
         ckptr.save(dest, args=ocp.args.StandardSave(tree), custom_metadata={"mbpo_grad": meta})

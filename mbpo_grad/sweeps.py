@@ -22,10 +22,21 @@ visible device with a 1-D ``jax.sharding.Mesh`` and ``NamedSharding(mesh,
 P("runs"))``; the batch is padded to a multiple of the device count (padding
 lanes repeat the first run and are dropped afterwards). On an 8-GPU host all
 eight devices work with no code change; on one device this is plain
-``jit(vmap(...))``. Several hosts: call ``initialize_distributed()`` (a thin
-wrapper of ``jax.distributed.initialize``) first thing on every host, then call
-``sweep`` with identical arguments on every host; ``jax.devices()`` then spans
-all hosts and each host gets the full metrics back.
+``jit(vmap(...))``.
+
+Several processes (hosts): call ``initialize_distributed()`` (a thin wrapper of
+``jax.distributed.initialize``) first thing in every process, then call
+``sweep`` with identical arguments in every process. ``jax.devices()`` then
+spans all processes, so the run axis is laid out over every device of every
+process (each process computes the runs on its own devices; the inputs are
+built from the same host arrays everywhere with ``make_array_from_callback``),
+and the metrics are all-gathered (``multihost_utils.process_allgather``) so
+every process gets the full result, equal to a single-process sweep's. The
+processes' seeds and hyper-parameter values are compared first (one small
+collective): a process that passes other values gets a ValueError instead of a
+silently mixed result. With ``shard=False`` every process runs the whole sweep
+on its own first device, independently. CPU processes talk through gloo (JAX's
+default ``jax_cpu_collectives_implementation``); GPUs through NCCL.
 
 Metrics come back on the host as NumPy arrays with leading axes
 ``[n_grid, n_seeds]``; ``grid_points`` gives the hyper-parameter values of each
@@ -33,6 +44,7 @@ grid index, in the same order.
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import itertools
 import weakref
@@ -54,11 +66,17 @@ _CACHE: "weakref.WeakKeyDictionary[Callable, Dict[Any, Callable]]" = weakref.Wea
 
 
 def initialize_distributed(**kwargs) -> None:
-    """Join a multi-host run: ``jax.distributed.initialize(**kwargs)`` unless already joined.
+    """Join a multi-process run: ``jax.distributed.initialize(**kwargs)`` unless already joined.
 
-    Call it on every host before any other JAX call. On managed clusters (SLURM,
-    Cloud TPU, ...) no arguments are needed; otherwise pass
-    ``coordinator_address="host:port", num_processes=N, process_id=i``.
+    Call it in every process before any other JAX call. On managed clusters no
+    arguments are needed: under SLURM (``srun``, one task per host)
+    ``jax.distributed.initialize`` reads ``SLURM_STEP_NODELIST`` (the coordinator is the
+    first node, on a port derived from ``SLURM_JOB_ID``), ``SLURM_NTASKS``, ``SLURM_PROCID``
+    and ``SLURM_LOCALID``; Cloud TPU and Open MPI are detected likewise. Otherwise pass ``coordinator_address="host:port",
+    num_processes=N, process_id=i`` (the same address and N everywhere, i = 0..N-1).
+    Afterwards ``jax.devices()`` lists every process's devices and
+    ``jax.local_devices()`` this process's own. CPU processes exchange data through
+    gloo, JAX's default ``jax_cpu_collectives_implementation``: nothing to configure.
     """
     if jax.distributed.is_initialized():
         return
@@ -174,6 +192,26 @@ def _place(host: np.ndarray, sharding: Optional[NamedSharding]):
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
+def _check_same_everywhere(seed_flat: np.ndarray, hp_flat: Dict[str, np.ndarray]) -> None:
+    """In a multi-process sweep, refuse seeds / hparams that differ between processes."""
+    from jax.experimental import multihost_utils
+
+    def digest(label: str, arrays) -> np.ndarray:
+        h = hashlib.sha256(label.encode())
+        for a in arrays:
+            h.update(str((a.dtype, a.shape)).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        return np.frombuffer(h.digest(), np.uint8)
+
+    names = sorted(hp_flat)
+    mine = np.stack([digest("", [seed_flat]), digest("\0".join(names), [hp_flat[k] for k in names])])
+    everyone = np.asarray(multihost_utils.process_allgather(mine))  # [n_processes, 2, 32]
+    for row, name in enumerate(("seeds", "hparams")):
+        if not (everyone[:, row] == everyone[0, row]).all():
+            raise ValueError(f"{name}: the processes of this multi-process sweep passed different {name}; "
+                             "call sweep with identical arguments in every process")
+
+
 def _fetch(x: jax.Array) -> np.ndarray:
     if getattr(x, "is_fully_addressable", True):
         return np.asarray(x)
@@ -202,7 +240,8 @@ def sweep(
         a seeds-only sweep (``hp`` is then ``{}``).
       grid: True: all combinations (see ``grid_points`` for the order); False:
         values zipped (same number of values per name).
-      shard: lay the run axis out over all of ``jax.devices()`` (see module doc).
+      shard: lay the run axis out over all of ``jax.devices()``, those of every
+        process in a multi-process run (see module doc).
 
     Returns:
       The metrics pytree as NumPy arrays, every leaf with leading axes
@@ -239,6 +278,8 @@ def sweep(
     seed_flat = seed_flat.astype(jax.dtypes.canonicalize_dtype(seed_flat.dtype))
     hp_flat = {k: v.astype(jax.dtypes.canonicalize_dtype(v.dtype)) for k, v in hp_flat.items()}
 
+    if shard and jax.process_count() > 1:
+        _check_same_everywhere(seed_flat, hp_flat)
     fn = _batched_fn(train_fn, kind, shard, devices)
     seed_dev = _place(seed_flat, sharding)
     hp_dev = {k: _place(v, sharding) for k, v in hp_flat.items()}
