@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks import compile_time, memory_vs_horizon, reverse_mode_ratio, sweep_throughput, vs_brax_apg
+from benchmarks import compile_time, memory_vs_horizon, vs_brax_apg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,10 +26,8 @@ def _load(path):
     return payload
 
 
-def test_reverse_mode_ratio_tiny(tmp_path, capsys):
-    out = tmp_path / "rmr.json"
-    reverse_mode_ratio.main(["--tiny", "--out", str(out)])
-    payload = _load(out)
+def _check_reverse_mode_ratio(payload):
+    """``reverse_mode_ratio --tiny`` (run by the GPU suite's dry run below)."""
     (row,) = payload["rows"]
     assert row["env"] == "cartpole" and row["horizon"] == 4 and row["batch"] == 4
     for k in ("engine_fwd", "engine_grad", "bare_fwd", "bare_grad"):
@@ -38,7 +36,6 @@ def test_reverse_mode_ratio_tiny(tmp_path, capsys):
     np.testing.assert_allclose(row["value_engine"], row["value_bare"], rtol=1e-5)
     assert row["grad_max_abs_diff"] <= 1e-5 * max(row["grad_max_abs"], 1.0)
     assert row["grad_finite"]
-    assert "| cartpole | 4 |" in capsys.readouterr().out
 
 
 def test_memory_vs_horizon_tiny(tmp_path):
@@ -66,10 +63,8 @@ def test_compile_time_tiny(tmp_path):
     assert isinstance(row["goal_met"], bool)
 
 
-def test_sweep_throughput_tiny(tmp_path):
-    out = tmp_path / "sw.json"
-    sweep_throughput.main(["--tiny", "--out", str(out)])
-    payload = _load(out)
+def _check_sweep_throughput(payload):
+    """``sweep_throughput --tiny`` (run by the GPU suite's dry run below)."""
     assert [r["K"] for r in payload["rows"]] == [1, 3]
     seq = payload["sequential"]
     for r in payload["rows"]:
@@ -103,7 +98,8 @@ def test_vs_brax_apg_goal_check_and_plot(tmp_path):
 def test_gpu_suite_dry_run(tmp_path):
     """``benchmarks/gpu_suite.sh --tiny``: every step of the GPU suite at toy size on the CPU
     (~1.5 min on 2 cores, mostly Brax / MJX gradient compiles), its SUMMARY.md with each
-    benchmark's table; the APG comparison's records as ``vs_brax_apg --tiny --agents apg,shac``."""
+    benchmark's table; the records of ``sweep_throughput``, ``reverse_mode_ratio`` (engine = bare
+    scan) and ``vs_brax_apg --tiny --agents apg,shac`` checked as their own tests would."""
     out = tmp_path / "gpu"
     res = subprocess.run(["bash", os.path.join(REPO, "benchmarks", "gpu_suite.sh"), "--tiny"], cwd=REPO,
                          env=dict(os.environ, GPU_SUITE_OUT=str(out), PYTHON=sys.executable),
@@ -120,5 +116,8 @@ def test_gpu_suite_dry_run(tmp_path):
     for run in entry["runs"]:
         assert run["points"] and all(np.isfinite(p["eval_return"]) for p in run["points"])
     assert (out / "vs_brax_apg.png").exists()
+    _check_sweep_throughput(_load(out / "sweep_throughput.json"))
+    _check_reverse_mode_ratio(_load(out / "reverse_mode_ratio.json"))
+    assert "| cartpole | 4 |" in summary
     rows = json.loads((out / "mjx_float32_gradients.json").read_text())
     assert rows and all(r["f32_finite"] == r["starts"] and r["median_cos"] >= 0.99 for r in rows)
