@@ -198,7 +198,8 @@ def main(argv=None) -> Dict:
     p = C.parser(NAME, __doc__.split("\n")[0])
     p.add_argument("--full", action="store_true", help="also half-cheetah (positional), 100 updates")
     p.add_argument("--envs", default=None, help=f"comma-separated subset of {','.join(SETTINGS)}")
-    p.add_argument("--agents", default="apg,shac,bpo", help="comma-separated subset of apg,ppo,shac,bpo")
+    p.add_argument("--agents", default=None,
+                   help="comma-separated subset of apg,ppo,shac,bpo (default apg,shac,bpo; --tiny: apg,shac)")
     p.add_argument("--updates", type=int, default=None, help="APG updates = SHAC iterations (default per env)")
     p.add_argument("--num-envs", type=int, default=64, help="parallel envs for every agent (default 64)")
     p.add_argument("--num-evals", type=int, default=11, help="evaluations per run, incl. APG's initial one")
@@ -221,7 +222,7 @@ def main(argv=None) -> Dict:
 
         cpu_fast_compile()
     names = args.envs.split(",") if args.envs else (list(SETTINGS) if args.full else ["inverted_pendulum"])
-    agents = args.agents.split(",")
+    agents = (args.agents or ("apg,shac" if args.tiny else "apg,shac,bpo")).split(",")
     for a in agents:
         if a not in ("apg", "ppo", "shac", "bpo"):
             p.error(f"--agents: unknown agent {a!r}")
