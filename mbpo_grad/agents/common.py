@@ -183,6 +183,23 @@ def remat_mode(value: Any, name: str = "remat") -> Any:
     raise ValueError(f"{name} must be False, True, one of {REMAT_MODES} or an int >= 1 (segment length), got {value!r}")
 
 
+def config_env(config, env=None) -> Tuple[Any, int]:
+    """(env, episode_length) of a config with ``env`` (a name), ``x64`` and ``episode_length``
+    fields: the user's ``env`` (checked, ``check_user_env``) or ``make_env(config.env, x64=)``;
+    the episode length is the config's, else the env's. Checks that ``x64`` is a bool and that
+    64-bit JAX is on when it is set."""
+    if not isinstance(config.x64, bool):
+        raise TypeError(f"x64 must be a bool, got {type(config.x64).__name__}")
+    if config.x64 and not jax.config.jax_enable_x64:
+        raise ValueError(
+            "x64=True needs 64-bit JAX: call jax.config.update('jax_enable_x64', True) before creating any "
+            "array (experiments.train --x64 does), or build and run inside `with jax.enable_x64(True):`"
+        )
+    env = make_env(config.env, x64=config.x64) if env is None else check_user_env(env)
+    episode_length = config.episode_length if config.episode_length is not None else env.episode_length
+    return env, pos_int(episode_length, "episode_length")
+
+
 def check_user_env(env):
     """A user's env (any ``envs.base.Env``), checked once with ``envs.check_env``: every function is
     traced with ``jax.eval_shape`` against the declared ``obs_size`` / ``action_size``, so a
@@ -234,7 +251,7 @@ from mbpo_grad.agents.timed import TimedState, reset_timed, reset_where, timed_e
 
 __all__ = [
     "Agent", "per_sample_grads", "evaluate_policy", "agent_spec", "normalised_policy_params", "normalised_act",
-    "pos_int", "make_env", "check_user_env", "check_hidden", "policy_for", "stack_metrics",
+    "pos_int", "make_env", "config_env", "check_user_env", "check_hidden", "policy_for", "stack_metrics",
     "TrainProgram", "make_train_fn", "run", "RunProgress", "eval_iterations", "eval_curves_over_seeds", "lr_schedule", "lr_multiplier", "make_optimizer", "init_optimizer",
     "TimedState", "timed_env", "reset_timed", "reset_where",
 ]

@@ -114,6 +114,25 @@ def make_train_fn(agent: Agent, iterations: int, eval_every: int):
     return train_fn
 
 
+def make_sweep_fn(train_fn: Callable, defaults: Any, iterations: int, eval_every: int) -> Callable:
+    """``fn(key, hp) -> {"eval_return", "eval_env_steps", "final_return"}`` for ``mg.sweep`` from a
+    pure ``train_fn(key, hparams)`` (``make_train_fn``). ``hp`` maps any subset of the ``HParams``
+    names of ``defaults`` (an agent config's ``hparams()``) to traced scalars; the others keep
+    their default values. Unknown names raise TypeError naming them."""
+    its = eval_iterations(iterations, eval_every)
+    fields = type(defaults)._fields
+
+    def fn(key, hp):
+        unknown = set(hp) - set(fields)
+        if unknown:
+            raise TypeError(f"hp: unknown hyper-parameter(s) {sorted(unknown)}; expected {fields}")
+        full = defaults._replace(**{k: jnp.asarray(v, jnp.float32) for k, v in hp.items()})
+        _, metrics, evals = train_fn(key, full)
+        return {"eval_return": evals, "eval_env_steps": metrics["env_steps"][its - 1], "final_return": evals[-1]}
+
+    return fn
+
+
 def eval_iterations(iterations: int, eval_every: int) -> np.ndarray:
     """The iteration count at each evaluation of ``make_train_fn`` (eval_every, 2·eval_every, …, iterations)."""
     eval_every = min(eval_every, iterations)
@@ -277,4 +296,4 @@ def _default_line(it, iterations, last, eval_return):
     return "  ".join(parts)
 
 
-__all__ = ["TrainProgram", "make_train_fn", "run", "RunProgress", "eval_iterations", "eval_curves_over_seeds"]
+__all__ = ["TrainProgram", "make_train_fn", "make_sweep_fn", "run", "RunProgress", "eval_iterations", "eval_curves_over_seeds"]

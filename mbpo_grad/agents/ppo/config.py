@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional, Tuple
 
-import jax
 import numpy as np
 
 from mbpo_grad.agents import common, hyperparams
@@ -125,17 +124,7 @@ def validate(config: PPOConfig, env=None) -> Tuple[Any, int]:
         raise TypeError(f"config must be a PPOConfig, got {type(config).__name__}")
     for name in ("x64", "clip", "normalize_advantage", "stagger", "obs_norm"):
         _check_bool(config, name)
-    if config.x64 and not jax.config.jax_enable_x64:
-        raise ValueError(
-            "x64=True needs 64-bit JAX: call jax.config.update('jax_enable_x64', True) before creating any "
-            "array, or build and run inside `with jax.enable_x64(True):`"
-        )
-    if env is None:
-        env = common.make_env(config.env, x64=config.x64)
-    else:
-        env = common.check_user_env(env)
-    episode_length = config.episode_length if config.episode_length is not None else env.episode_length
-    episode_length = common.pos_int(episode_length, "episode_length")
+    env, episode_length = common.config_env(config, env)
     for name in ("num_envs", "unroll_length", "iterations", "epochs", "minibatches", "eval_every", "eval_envs"):
         common.pos_int(getattr(config, name), name)
     if config.minibatches > config.num_envs * config.unroll_length:

@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from mbpo_grad.agents import common, driver
+from mbpo_grad.agents import common, driver, loop
 from mbpo_grad.agents.common import Agent
 from mbpo_grad.agents.ppo.agent import PPOState, make_agent
 from mbpo_grad.agents.ppo.config import HParams, PPOConfig, check_hparams
@@ -33,19 +32,7 @@ def make_sweep_fn(config: PPOConfig, *, env=None, policy: Optional[Policy] = Non
     ``config``. Example: ``mg.sweep(make_sweep_fn(cfg), seeds=4, hparams={"clip_eps": [0.1, 0.3]})``.
     """
     train_fn = make_train_fn(config, env=env, policy=policy)
-    defaults = config.hparams()
-    its = np.minimum(np.arange(1, -(-config.iterations // config.eval_every) + 1) * config.eval_every,
-                     config.iterations)
-
-    def fn(key, hp):
-        unknown = set(hp) - set(HParams._fields)
-        if unknown:
-            raise TypeError(f"hp: unknown hyper-parameter(s) {sorted(unknown)}; expected {HParams._fields}")
-        full = defaults._replace(**{k: jnp.asarray(v, jnp.float32) for k, v in hp.items()})
-        _, metrics, evals = train_fn(key, full)
-        return {"eval_return": evals, "eval_env_steps": metrics["env_steps"][its - 1], "final_return": evals[-1]}
-
-    return fn
+    return loop.make_sweep_fn(train_fn, config.hparams(), config.iterations, config.eval_every)
 
 
 def _describe(agent: Agent, config: PPOConfig):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional, Tuple
 
-import jax
 import numpy as np
 
 from mbpo_grad.agents import common, hyperparams
@@ -106,19 +105,7 @@ def validate(config: SHACConfig, env=None) -> Tuple[Any, int]:
     """Check the static config; returns (env, episode_length). Errors name the field."""
     if not isinstance(config, SHACConfig):
         raise TypeError(f"config must be a SHACConfig, got {type(config).__name__}")
-    if not isinstance(config.x64, bool):
-        raise TypeError(f"x64 must be a bool, got {type(config.x64).__name__}")
-    if config.x64 and not jax.config.jax_enable_x64:
-        raise ValueError(
-            "x64=True needs 64-bit JAX: call jax.config.update('jax_enable_x64', True) before creating any "
-            "array (experiments.train --x64 does), or build and run inside `with jax.enable_x64(True):`"
-        )
-    if env is None:
-        env = common.make_env(config.env, x64=config.x64)
-    else:
-        env = common.check_user_env(env)
-    episode_length = config.episode_length if config.episode_length is not None else env.episode_length
-    episode_length = common.pos_int(episode_length, "episode_length")
+    env, episode_length = common.config_env(config, env)
     common.pos_int(config.horizon, "horizon")  # the window n of steps per iteration
     if config.horizon > episode_length:
         raise ValueError(f"horizon ({config.horizon}) must be <= episode_length ({episode_length})")

@@ -11,11 +11,10 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mbpo_grad import guards
-from mbpo_grad.agents import common, driver
+from mbpo_grad.agents import common, driver, loop
 from mbpo_grad.agents.common import Agent
 from mbpo_grad.agents.shac.agent import SHACState, make_agent
 from mbpo_grad.agents.shac.config import HParams, SHACConfig, check_hparams
@@ -35,19 +34,7 @@ def make_sweep_fn(config: SHACConfig, *, env=None, policy: Optional[Policy] = No
     ``config``. Example: ``mg.sweep(make_sweep_fn(cfg), seeds=8, hparams={"actor_lr": [3e-3, 1e-2]})``.
     """
     train_fn = make_train_fn(config, env=env, policy=policy)
-    defaults = config.hparams()
-    its = np.minimum(np.arange(1, -(-config.iterations // config.eval_every) + 1) * config.eval_every,
-                     config.iterations)
-
-    def fn(key, hp):
-        unknown = set(hp) - set(HParams._fields)
-        if unknown:
-            raise TypeError(f"hp: unknown hyper-parameter(s) {sorted(unknown)}; expected {HParams._fields}")
-        full = defaults._replace(**{k: jnp.asarray(v, jnp.float32) for k, v in hp.items()})
-        _, metrics, evals = train_fn(key, full)
-        return {"eval_return": evals, "eval_env_steps": metrics["env_steps"][its - 1], "final_return": evals[-1]}
-
-    return fn
+    return loop.make_sweep_fn(train_fn, config.hparams(), config.iterations, config.eval_every)
 
 
 def checkpoint_config(config: SHACConfig, key: jax.Array, hparams: HParams, *, env=None,
