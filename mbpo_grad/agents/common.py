@@ -184,18 +184,19 @@ def remat_mode(value: Any, name: str = "remat") -> Any:
 
 
 def config_env(config, env=None) -> Tuple[Any, int]:
-    """(env, episode_length) of a config with ``env`` (a name), ``x64`` and ``episode_length``
-    fields: the user's ``env`` (checked, ``check_user_env``) or ``make_env(config.env, x64=)``;
-    the episode length is the config's, else the env's. Checks that ``x64`` is a bool and that
-    64-bit JAX is on when it is set."""
-    if not isinstance(config.x64, bool):
-        raise TypeError(f"x64 must be a bool, got {type(config.x64).__name__}")
-    if config.x64 and not jax.config.jax_enable_x64:
+    """(env, episode_length) of a config with ``env`` (a name) and ``episode_length`` fields (and
+    optionally ``x64``): the user's ``env`` (checked, ``check_user_env``) or ``make_env(config.env,
+    x64=)``; the episode length is the config's, else the env's. Checks that ``x64`` is a bool and
+    that 64-bit JAX is on when it is set."""
+    x64 = getattr(config, "x64", False)
+    if not isinstance(x64, bool):
+        raise TypeError(f"x64 must be a bool, got {type(x64).__name__}")
+    if x64 and not jax.config.jax_enable_x64:
         raise ValueError(
             "x64=True needs 64-bit JAX: call jax.config.update('jax_enable_x64', True) before creating any "
             "array (experiments.train --x64 does), or build and run inside `with jax.enable_x64(True):`"
         )
-    env = make_env(config.env, x64=config.x64) if env is None else check_user_env(env)
+    env = make_env(config.env, x64=x64) if env is None else check_user_env(env)
     episode_length = config.episode_length if config.episode_length is not None else env.episode_length
     return env, pos_int(episode_length, "episode_length")
 

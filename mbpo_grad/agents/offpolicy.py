@@ -232,12 +232,7 @@ def validate(config: OffPolicyConfig, config_cls, env=None):
     """Check the shared static fields; returns (env, episode_length)."""
     if not isinstance(config, config_cls):
         raise TypeError(f"config must be a {config_cls.__name__}, got {type(config).__name__}")
-    if env is None:
-        env = make_env(config.env)
-    else:
-        env = common.check_user_env(env)
-    episode_length = config.episode_length if config.episode_length is not None else env.episode_length
-    episode_length = pos_int(episode_length, "episode_length")
+    env, episode_length = common.config_env(config, env)
     for name in ("num_envs", "iterations", "steps_per_iteration", "batch_size", "buffer_size", "eval_every",
                  "eval_envs"):
         pos_int(getattr(config, name), name)
