@@ -1,7 +1,7 @@
 """Differentiable environments in the engine's form (see ``envs.base.Env``).
 
 ``envs.make(name, **kw)`` builds one by name: the registered names (``registered()``:
-``lqr``, ``pendulum``, ``cartpole``, ``switching_cart`` and the variant
+``lqr``, ``pendulum``, ``cartpole``, ``switching_cart``, ``quantized_thruster`` and the variant
 ``brax:inverted_pendulum_smooth``, Brax's inverted pendulum with the smooth reward
 cos θ' − 0.01‖a‖² instead of +1 while alive), then the families ``brax:<env>``
 (any ``brax.envs`` name, e.g. ``brax:inverted_pendulum``, backend via ``backend=``)
@@ -29,7 +29,8 @@ def _require(module: str, extra: str) -> None:
         raise ImportError(f"{module} is not installed: pip install -e '.[{extra}]' (or '.[all]') for the "
                           f"{'Brax' if extra == 'brax' else 'MuJoCo MJX'} environments")
 
-ANALYTIC = ("lqr", "pendulum", "cartpole", "switching_cart")
+ANALYTIC = ("lqr", "pendulum", "cartpole", "switching_cart", "quantized_thruster")
+_MODULES = {"quantized_thruster": "quantized"}   # an analytic name whose module has another name
 FAMILIES = ("brax:", "mjx:")
 
 _REGISTRY: Dict[str, Callable[..., Env]] = {}
@@ -109,7 +110,7 @@ def _brax_inverted_pendulum_smooth(**kwargs) -> Env:
 
 
 for _name in ANALYTIC:
-    register(_name, _module_factory(_name))
+    register(_name, _module_factory(_MODULES.get(_name, _name)))
 register("brax:inverted_pendulum_smooth", _brax_inverted_pendulum_smooth)
 del _name
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from mbpo_grad import critics as C
-from mbpo_grad import guards
+from mbpo_grad import guards, mixing
 from mbpo_grad import normalizer as N
 from mbpo_grad.agents import common
 from mbpo_grad.agents.common import Agent, TimedState
@@ -64,6 +64,10 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
     n, B = int(config.horizon), int(config.num_envs)
     policy = common.policy_for(env, policy, lambda: default_policy(config, env.obs_size, env.action_size))
     stochastic = tuple(policy.noise_shape) != (0,)
+    estimator = config.estimator
+    if estimator != "pathwise" and not stochastic:
+        raise ValueError(f"estimator={estimator!r} needs a stochastic policy with a density (noise_shape != (0,)), "
+                         f"got policy {policy.name!r} with noise_shape {tuple(policy.noise_shape)}")
     dyn_noise = tuple(env.noise_shape) != ()
     critic = value_critic(config, env.obs_size)
     step, reward, done, terminal = common.timed_env(env, episode_length)
@@ -147,15 +151,69 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
         return ActorBatch(state.env_state, policy_noise, dynamics_noise, state.obs_stats, state.target_params,
                           hp.gamma)
 
-    def actor_gradient(params, batch):
-        """(loss, grads, traj, rets, keep [B], masked, max_env_norm, all_masked) of the actor step."""
-        if per_env:
-            def env_loss(pp, one_env):  # one env's batch (env axis of size 1)
-                rets, traj = actor_objective(pp, one_env, return_traj=True)
-                return losses.actor_loss(rets, n), (jax.tree_util.tree_map(lambda x: x[0], traj), rets[0])
+    def env_loss(pp, one_env):  # one env's batch (env axis of size 1): −J_b / n and (traj, J_b)
+        rets, traj = actor_objective(pp, one_env, return_traj=True)
+        return losses.actor_loss(rets, n), (jax.tree_util.tree_map(lambda x: x[0], traj), rets[0])
 
-            (env_losses, (traj, rets)), env_grads = jax.vmap(
-                jax.value_and_grad(env_loss, has_aux=True), in_axes=(None, batch.axes()))(params, batch.singletons())
+    def per_env_pathwise(params, batch):
+        """((−J_b / n [B], (traj, J [B])), ∇_θ(−J_b / n) with a leading axis B)."""
+        return jax.vmap(jax.value_and_grad(env_loss, has_aux=True), in_axes=(None, batch.axes()))(
+            params, batch.singletons())
+
+    def score_log_prob(old, pp, obs, eps):
+        """log π_pp(a|obs) (up to a constant in pp) at the sampled a = sample(old, obs, eps)."""
+        if policy.log_ratio is not None:  # no inverse of the squash (policies.base)
+            return policy.log_ratio(old, pp, obs, eps)
+        return policy.log_prob(pp, obs, jax.lax.stop_gradient(policy.sample(old, obs, eps)))
+
+    def per_env_score(params, batch, traj, rets):
+        """[B]-leading ∇_θ of each env's ``losses.score_window_loss`` on its (fixed) window."""
+        old = jax.lax.stop_gradient(params)
+        traj, rets = jax.lax.stop_gradient((traj, rets))
+
+        def one(pp, states, rewards, alive, eps, ret):
+            obs = jax.vmap(lambda ts: observe(batch.obs_stats, ts))(jax.tree_util.tree_map(lambda x: x[:n], states))
+            lp = jax.vmap(lambda o, e: score_log_prob(old, pp, o, e))(obs, eps[:n])
+            base = jax.vmap(lambda o: critic.apply(batch.target_params, o))(obs) if config.use_critic else None
+            return losses.score_window_loss(lp, rewards, alive, ret, base, batch.gamma, n)
+
+        return jax.vmap(jax.grad(one), in_axes=(None, 0, 0, 0, 1, 0))(
+            params, traj.states, traj.rewards, traj.alive, batch.policy_noise, rets)
+
+    def mixed_gradient(params, batch, hp):
+        """The actor step's terms for ``estimator="score"/"auto"`` (see ``actor_gradient``).
+
+        An env is kept when its return and its score-function gradient are finite and that
+        gradient's norm is at most ``max_grad_norm_to_skip``; with "auto" its pathwise gradient
+        falls back to the score-function one where it is zero, non-finite or exploding."""
+        if estimator == "auto":
+            (env_losses, (traj, rets)), g1 = per_env_pathwise(params, batch)
+        else:  # forward only: the score-function estimate takes no derivative of the system
+            rets, traj = actor_objective(params, batch, return_traj=True)
+            env_losses = -rets / n                                                         # actor_loss per env
+        g0 = per_env_score(params, batch, traj, rets)
+        n0 = mixing.sample_norms(g0)
+        keep = jnp.isfinite(rets) & jnp.isfinite(n0) & (n0 <= skip_norm)
+        max_env_norm = jnp.max(n0)
+        if estimator == "auto":
+            max_env_norm = jnp.max(mixing.sample_norms(g1))                         # of the pathwise samples
+            g1, bad = mixing.fallback(g1, g0, skip_norm)
+            alpha, extra = mixing.alpha_order(g1, g0, keep, hp.auto_z)
+            extra["fallback_envs"] = jnp.sum(bad & keep).astype(jnp.int32)
+            grads = mixing.mix(g1, g0, keep, alpha)
+        else:
+            extra = {}
+            grads = mixing.mix(g0, g0, keep, 0.0)
+        masked = (B - jnp.sum(keep)).astype(jnp.int32)
+        loss = guards.masked_mean(jnp.where(keep, env_losses, jnp.nan))[0]
+        return loss, grads, jax.lax.stop_gradient(traj), rets, keep, masked, max_env_norm, masked == B, extra
+
+    def actor_gradient(params, batch, hp):
+        """(loss, grads, traj, rets, keep [B], masked, max_env_norm, all_masked, extra metrics)."""
+        if estimator != "pathwise":
+            return mixed_gradient(params, batch, hp)
+        if per_env:
+            (env_losses, (traj, rets)), env_grads = per_env_pathwise(params, batch)
             env_norms = jax.vmap(guards.safe_global_norm)(env_grads)                        # [B]
             # An exploding env counts like a non-finite one: its value is NaN for the mask.
             checked = jnp.where(env_norms <= skip_norm, rets, jnp.nan)
@@ -176,7 +234,7 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
             masked = (B - jnp.sum(keep)).astype(jnp.int32)
             max_env_norm = guards.safe_global_norm(grads)
             all_masked = jnp.zeros((), bool)
-        return loss, grads, jax.lax.stop_gradient(traj), rets, keep, masked, max_env_norm, all_masked
+        return loss, grads, jax.lax.stop_gradient(traj), rets, keep, masked, max_env_norm, all_masked, {}
 
     def actor_step(state, loss, grads, all_masked):
         """(params, opt state, skip statistics): the guarded Adam step. During ``actor_warmup`` the
@@ -236,7 +294,8 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
         stats = state.obs_stats
         batch = actor_batch(state, hp, key)
 
-        loss, grads, traj, rets, keep, masked, max_env_norm, all_masked = actor_gradient(state.policy_params, batch)
+        loss, grads, traj, rets, keep, masked, max_env_norm, all_masked, extra = actor_gradient(
+            state.policy_params, batch, hp)
         pp, a_opt, actor_stats = actor_step(state, loss, grads, all_masked)
 
         ok = usable_envs(traj, keep)                                                      # [B]
@@ -285,6 +344,7 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
             "masked_envs": masked,
             "reset_envs": jnp.sum(~ok).astype(jnp.int32),
             "critic_skipped": critic_skipped,
+            **extra,
         })
         return new_state, metrics
 

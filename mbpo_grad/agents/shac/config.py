@@ -17,6 +17,7 @@ from mbpo_grad.agents.hyperparams import traced
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
 GUARDS = ("per_env", "batch")
+ESTIMATORS = ("pathwise", "score", "auto")
 
 
 @hyperparams.derive
@@ -48,6 +49,14 @@ class SHACConfig(hyperparams.Config):
       but not applied). Where the reward's own pathwise gradient is zero (Brax's inverted
       pendulum pays +1 while alive) the actor's only signal is V at the window end, and an
       untrained critic turns it into noise that Adam follows at full step size.
+    estimator: the actor's gradient of E[J]. "pathwise" (SHAC, BPO): J differentiated through
+      the system. "score": the score-function estimate on the same windows, Σ_t ∇log π(a_t|o_t)
+      (C_t − γ^t V'(o_t)) (``losses.score_window_loss``; no derivative of the system is taken).
+      "auto": both per env, mixed by ``mixing.alpha_order`` (α-order rule with the bias bound
+      ``auto_z``; pathwise samples that are zero, non-finite or above ``max_grad_norm_to_skip``
+      fall back to the env's score-function estimate); α and the variances are logged each
+      update. "score" and "auto" need a policy with a density (default: a tanh Gaussian with a
+      free log σ, ``actor_hidden``) and ``guard="per_env"``.
 
     Defaults follow the SHAC paper's cart-pole setting (actor lr 1e-2, critic lr 1e-3, Adam
     betas (0.7, 0.95), λ = 0.95, γ = 0.99, τ = 0.8, clip 1.0, linear decay, n = 32) at a CPU
@@ -80,6 +89,7 @@ class SHACConfig(hyperparams.Config):
     skip_window: int = 20
     skip_threshold: float = 0.5
     x64: bool = False
+    estimator: str = "pathwise"
     # float hyper-parameters (defaults for HParams)
     actor_lr: float = traced(1e-2)
     critic_lr: float = traced(1e-3)
@@ -87,6 +97,7 @@ class SHACConfig(hyperparams.Config):
     lam: float = traced(0.95)
     tau: float = traced(0.8)
     max_grad_norm: float = traced(1.0)
+    auto_z: float = traced(2.0)   # estimator="auto": bias bound in standard errors (mixing.alpha_order)
 
 
 HParams = SHACConfig.HPARAMS
@@ -133,6 +144,11 @@ def validate(config: SHACConfig, env=None) -> Tuple[Any, int]:
             raise ValueError(f"{name} must lie in [0, 1), got {v}")
     if config.guard not in GUARDS:
         raise ValueError(f"guard must be one of {GUARDS}, got {config.guard!r}")
+    if config.estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {config.estimator!r}")
+    if config.estimator != "pathwise" and config.guard != "per_env":
+        raise ValueError(f"estimator={config.estimator!r} needs guard='per_env' (it mixes or masks per-env "
+                         f"gradients), got guard={config.guard!r}")
     thr = config.max_grad_norm_to_skip
     if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not thr > 0:
         raise ValueError(f"max_grad_norm_to_skip must be a float > 0 (inf never skips a finite gradient), got {thr!r}")
@@ -157,6 +173,9 @@ def check_hparams(hp) -> None:
         hi, lo = val(name)
         if not lo > 0.0 or not np.isfinite(hi):
             raise ValueError(f"{name} must be a finite float > 0, got {getattr(hp, name)}")
+    hi, lo = val("auto_z")
+    if not (lo >= 0.0 and np.isfinite(hi)):
+        raise ValueError(f"auto_z must be a finite float >= 0, got {hp.auto_z}")
     hi, lo = val("max_grad_norm")
     if not np.isfinite(hi):
         raise ValueError(f"max_grad_norm must be finite (<= 0 disables clipping), got {hp.max_grad_norm}")

@@ -121,6 +121,32 @@ def actor_loss(returns: jax.Array, horizon: int) -> jax.Array:
     return -jnp.mean(returns) / horizon
 
 
+def score_window_loss(log_probs: jax.Array, rewards: jax.Array, alive: jax.Array, ret: jax.Array,
+                      baseline: Optional[jax.Array], gamma: Any, horizon: int) -> jax.Array:
+    """One env's score-function surrogate for the window objective J (``estimator="score"/"auto"``):
+
+        L_sf = −(1/n) Σ_{t<n} alive_t ℓ_t(θ) · sg(C_t − γ^t b_t),    C_t = J − Σ_{k<t} γ^k r_k,
+
+    ℓ_t = log π_θ(a_t | o_t) with the sampled a_t and o_t held fixed, J the window return with
+    its bootstraps (``window_return``), b_t = V'(o_t) (or 0). ∇L_sf is an unbiased estimate of
+    −∇E[J] / n, like ∇ of ``actor_loss`` (the pathwise one): rewards before step t do not depend
+    on a_t (reward-to-go), b_t depends on s_t only, and the time-limit bootstraps of J at
+    s_k (k > t) follow a_t. Needs no derivative of the system (``docs/theory.md`` §2, §9).
+
+    log_probs [n] (as functions of θ), rewards [n] (zero after the episode's end), alive [n+1],
+    ret: J (a scalar, held fixed), baseline [n] or None.
+    """
+    n = rewards.shape[0]
+    disc = gamma ** jnp.arange(n, dtype=rewards.dtype)
+    dr = disc * rewards
+    to_go = ret - (jnp.cumsum(dr) - dr)
+    adv = to_go if baseline is None else to_go - disc * baseline
+    live = alive[:n] > 0
+    adv = jnp.where(live, jax.lax.stop_gradient(adv), 0.0)
+    lp = jnp.where(live, log_probs, 0.0)
+    return -jnp.sum(adv * lp) / horizon
+
+
 def per_env_grads(actor_objective, policy_params: PyTree, batch: ActorBatch) -> Tuple[jax.Array, PyTree]:
     """(J [B], ∇_θ J_b with a leading axis B): each env's objective and its own gradient
     (``common.per_sample_grads``): the gradients ``update``'s per-env guard averages (it descends
@@ -143,5 +169,5 @@ def critic_loss(critic, params: PyTree, obs: jax.Array, targets: jax.Array, weig
     return C.v_loss(critic, params, obs, targets, weights)
 
 
-__all__ = ["ActorBatch", "truncation_bootstrap", "window_return", "actor_loss", "per_env_grads",
+__all__ = ["ActorBatch", "truncation_bootstrap", "window_return", "actor_loss", "score_window_loss", "per_env_grads",
            "critic_targets", "critic_loss"]

@@ -1,6 +1,7 @@
 """SHAC's networks: the default actor, the state-value critic, and the evaluation policy.
 
-    actor   π_θ(o) = tanh(MLP_θ(o))            (``deterministic``; any ``Policy`` bundle may replace it)
+    actor   π_θ(o) = tanh(MLP_θ(o))            (``deterministic``; any ``Policy`` bundle may replace it;
+                                               a tanh Gaussian for ``estimator="score"/"auto"``)
     critic  V_φ(o) = MLP_φ(o)                  (``critics.v_critic``; also the Polyak target V')
     act     a = π_θ((o − μ) / σ)               (the bundle's mode, ε = None, on the normalised obs)
 
@@ -17,10 +18,15 @@ from mbpo_grad.agents import common
 from mbpo_grad.agents.shac.config import SHACConfig
 from mbpo_grad.policies.base import Policy
 from mbpo_grad.policies.deterministic import deterministic
+from mbpo_grad.policies.gaussian import gaussian
 
 
 def default_policy(config: SHACConfig, obs_size: int, action_size: int) -> Policy:
-    """The policy ``make_agent`` builds when none is given: a deterministic tanh MLP (``actor_hidden``)."""
+    """The policy ``make_agent`` builds when none is given: a deterministic tanh MLP (``actor_hidden``);
+    for ``estimator="score"/"auto"`` (which need a density) a tanh Gaussian whose log σ is a free
+    vector starting at 0 (σ = 1 before the squash)."""
+    if config.estimator != "pathwise":
+        return gaussian(obs_size, action_size, config.actor_hidden, state_dependent_std=False)
     return deterministic(obs_size, action_size, config.actor_hidden)
 
 
