@@ -20,8 +20,10 @@ closed form, so returns are also reported as a fraction of it), ``cartpole`` (sm
 
 Reported: each arm's final evaluation return (mean of the last two evaluations of the
 deterministic policy on fresh episodes) per seed, mean ± standard error over seeds, the
-fraction of the best fixed arm's mean (and of the optimum where known); ``auto``'s α, its
-fallback envs and the bias ratio ‖d̄‖/√v_d per iteration (mean over seeds). Writes
+fraction of the best fixed arm's mean (and of the optimum where known); the SHAC-family arms'
+mean actor gradient norm (exactly 0 for pathwise on the quantized thruster: its return is its
+initial policy's); ``auto``'s effective pathwise weight (α times the share of envs that did not
+fall back), its fallback envs and the bias ratio ‖d̄‖/√v_d per iteration (mean over seeds). Writes
 ``estimator_choice.json`` and ``estimator_choice.png`` (curves per env; α over training) into the
 run folder.
 """
@@ -86,9 +88,11 @@ def _run(config, seeds: Sequence[int]) -> Dict[str, Any]:
     out = {"config": dataclasses.asdict(config), "env_steps": int(steps[-1]),
            "eval_env_steps": steps[eval_its - 1].tolist(), "eval_return": evals.tolist(),
            "final": evals[:, -2:].mean(1).tolist(), "wall_s": time.perf_counter() - t0}
+    if "grad_norm" in metrics and isinstance(config, shac.SHACConfig):
+        out["grad_norm"] = float(np.mean(np.asarray(metrics["grad_norm"])))
     if "alpha" in metrics:
         ratio = np.asarray(metrics["bias_norm"]) / np.maximum(np.asarray(metrics["bias_se"]), 1e-30)
-        out["alpha"] = np.asarray(metrics["alpha"]).mean(0).tolist()
+        out["alpha"] = np.asarray(metrics["alpha_effective"]).mean(0).tolist()
         out["fallback_envs"] = np.asarray(metrics["fallback_envs"]).mean(0).tolist()
         out["bias_ratio"] = ratio.mean(0).tolist()
     return out

@@ -26,7 +26,11 @@ Surrogate (Schulman et al. 2017, "Proximal policy optimization algorithms", eq. 
 
     L_clip = −E[ min(ρ A, clip(ρ, 1 − ε, 1 + ε) A) ]
 
-At ρ = 1 its gradient is −E[A ∇ log π_θ(a|o)], the score-function (REINFORCE) gradient; a
+At ρ = 1 its gradient is −E[A ∇ log π_θ(a|o)], the score-function (REINFORCE) gradient of the
+usual PPO objective: the mean over steps carries no γ^t weight, so with exact advantages it is
+Σ_s d(s) Σ_a ∇π(a|s) q(s, a) with d the undiscounted visitation, not the gradient of the
+discounted return (``score_function``'s ``weight_by_discount`` and docs/theory.md §2; checked
+exactly against ``tabular`` in tests/test_ppo_tabular.py); a
 sample whose ratio has left [1 − ε, 1 + ε] in the direction its advantage pushes (ρ > 1 + ε
 with A > 0, ρ < 1 − ε with A < 0) contributes no gradient. The total loss is
 

@@ -199,7 +199,10 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
             max_env_norm = jnp.max(mixing.sample_norms(g1))                         # of the pathwise samples
             g1, bad = mixing.fallback(g1, g0, skip_norm)
             alpha, extra = mixing.alpha_order(g1, g0, keep, hp.auto_z)
-            extra["fallback_envs"] = jnp.sum(bad & keep).astype(jnp.int32)
+            n_fallback = jnp.sum(bad & keep)
+            extra["fallback_envs"] = n_fallback.astype(jnp.int32)
+            # the weight the update really gives pathwise samples (fallen-back envs carry their g0)
+            extra["alpha_effective"] = alpha * (1.0 - n_fallback / jnp.maximum(jnp.sum(keep), 1))
             grads = mixing.mix(g1, g0, keep, alpha)
         else:
             extra = {}
