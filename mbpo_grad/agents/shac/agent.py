@@ -43,6 +43,7 @@ class SHACState(NamedTuple):
     finished: jax.Array        # [B] bool: has finished an episode
     env_steps: jax.Array       # int: environment transitions taken (live steps only)
     iteration: jax.Array
+    horizon: Optional[jax.Array] = None   # adaptive_horizon: the actor's window h (int), else None
 
 
 # Which parts of the state carry the env batch (leading axis) for data-parallel runs.
@@ -111,15 +112,16 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
             pp, cp, cp, common.init_optimizer(actor_opt, pp, learning_rate=hp.actor_lr, max_grad_norm=hp.max_grad_norm),
             common.init_optimizer(critic_opt, cp, learning_rate=hp.critic_lr), N.init(env.obs_size, fdtype), ts,
             zeros, zeros, jnp.zeros((B,), bool), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
+            jnp.asarray(n, jnp.int32) if config.adaptive_horizon else None,
         )
 
-    def env_window(pp, ts0, eps, xi, stats, target_params, gamma):
+    def env_window(pp, ts0, eps, xi, stats, target_params, gamma, cut):
         """One env's window (no batch axis): (J, its trajectory); see ``actor_objective``."""
         value = (lambda ts: critic.apply(target_params, observe(stats, ts))) if config.use_critic else None
         return losses.window_return(
             lambda params, ts, e: policy.sample(params, observe(stats, ts), e), pp, step, reward, done, ts0,
             horizon=n, gamma=gamma, value=value, terminal=terminal, policy_noise=eps, dynamics_noise=xi,
-            remat=remat)
+            remat=remat, cut=cut)
 
     def actor_objective(pp, batch: ActorBatch, return_traj: bool = False):
         """J_b [B], the per-env window objective the actor step ascends (loss −mean_b J_b / n):
@@ -135,9 +137,9 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
         """
         ax = batch.axes()
         rets, traj = jax.vmap(env_window, in_axes=(None, ax.env_state, ax.policy_noise, ax.dynamics_noise,
-                                                   None, None, None))(
+                                                   None, None, None, None))(
             pp, batch.env_state, batch.policy_noise, batch.dynamics_noise, batch.obs_stats, batch.target_params,
-            batch.gamma)
+            batch.gamma, batch.cut)
         return (rets, traj) if return_traj else rets
 
     def actor_batch(state: SHACState, hp: HParams, key) -> ActorBatch:
@@ -149,7 +151,7 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
             policy_noise = jax.random.normal(k_eps, (n + 1, B) + tuple(policy.noise_shape), fdtype)
         dynamics_noise = jax.random.normal(k_xi, (n, B) + tuple(env.noise_shape), fdtype) if dyn_noise else None
         return ActorBatch(state.env_state, policy_noise, dynamics_noise, state.obs_stats, state.target_params,
-                          hp.gamma)
+                          hp.gamma, state.horizon)
 
     def env_loss(pp, one_env):  # one env's batch (env axis of size 1): −J_b / n and (traj, J_b)
         rets, traj = actor_objective(pp, one_env, return_traj=True)
@@ -331,8 +333,14 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
         n_fin = jnp.sum(finished)
         episode_return = jnp.where(n_fin > 0, jnp.sum(jnp.where(finished, last_return, 0.0)) / jnp.maximum(n_fin, 1),
                                    jnp.nan)
+        new_horizon = state.horizon
+        if config.adaptive_horizon:  # halve on an exploding (or non-finite) per-env pathwise gradient, else grow
+            explode = ~(max_env_norm <= hp.horizon_norm_limit)
+            new_horizon = jnp.where(explode, jnp.maximum(config.horizon_min, state.horizon // 2),
+                                    jnp.minimum(n, state.horizon + 1)).astype(jnp.int32)
+            extra = {**extra, "horizon": state.horizon}
         new_state = SHACState(pp, cp, tp, a_opt, c_opt, new_stats, env_state, ep_return, last_return, finished,
-                              env_steps, state.iteration + 1)
+                              env_steps, state.iteration + 1, new_horizon)
         metrics = common.stack_metrics({
             "env_steps": env_steps,
             "episode_return": episode_return,

@@ -60,11 +60,12 @@ class ActorBatch(NamedTuple):
     obs_stats: N.RunningStats
     target_params: PyTree
     gamma: jax.Array
+    cut: Optional[jax.Array] = None   # adaptive_horizon: the actor's window h ≤ n (int scalar), else None
 
     def axes(self) -> "ActorBatch":
         """``vmap`` in_axes of the env axis per field (None: shared by every env)."""
         return ActorBatch(0, None if self.policy_noise is None else 1, None if self.dynamics_noise is None else 1,
-                          None, None, None)
+                          None, None, None, None)
 
     def singletons(self) -> "ActorBatch":
         """The batch with a size-1 env axis inserted after each env axis (for per-env ``vmap``)."""
@@ -75,8 +76,9 @@ class ActorBatch(NamedTuple):
 
 
 def truncation_bootstrap(traj, terminal: Callable[[Any], jax.Array], value: Callable[[Any], jax.Array],
-                         gamma: Any) -> jax.Array:
-    """Σ_{k=1..n} c_k γ^k V'(s_k), c_k = 1 where the episode was cut at s_k by its time limit.
+                         gamma: Any, upto: Optional[jax.Array] = None) -> jax.Array:
+    """Σ_{k=1..n} c_k γ^k V'(s_k), c_k = 1 where the episode was cut at s_k by its time limit
+    (only k ≤ ``upto`` when given: the cuts inside a window shortened to ``upto`` steps).
 
     One env's ``Trajectory`` (time on axis 0): c_k = alive_{k−1} (1 − alive_k)(1 − terminal(s_k)).
     Only the cut state's V' is read: the others get stop-gradient inputs and are selected away
@@ -86,6 +88,8 @@ def truncation_bootstrap(traj, terminal: Callable[[Any], jax.Array], value: Call
     n = traj.alive.shape[0] - 1
     term = jax.vmap(terminal)(traj.states).astype(traj.alive.dtype)
     cut = traj.alive[:-1] * (1.0 - traj.alive[1:]) * (1.0 - term[1:])
+    if upto is not None:
+        cut = jnp.where(jnp.arange(1, n + 1) <= upto, cut, 0.0)
     cut_states = gate_gradient(cut > 0, jax.tree_util.tree_map(lambda x: x[1:], traj.states))
     v_cut = jax.vmap(value)(cut_states)
     disc = gamma ** jnp.arange(1, n + 1, dtype=v_cut.dtype)
@@ -95,8 +99,13 @@ def truncation_bootstrap(traj, terminal: Callable[[Any], jax.Array], value: Call
 def window_return(pi, params: PyTree, step, reward, done, s0, *, horizon: int, gamma: Any,
                   value: Optional[Callable[[Any], jax.Array]] = None,
                   terminal: Optional[Callable[[Any], jax.Array]] = None,
-                  policy_noise=None, dynamics_noise=None, remat: Any = False) -> Tuple[jax.Array, Any]:
+                  policy_noise=None, dynamics_noise=None, remat: Any = False,
+                  cut: Optional[jax.Array] = None) -> Tuple[jax.Array, Any]:
     """One env's window objective J (a scalar) and its ``Trajectory`` (time on axis 0).
+
+    ``cut`` = h (an int scalar in [1, n], may be traced): the objective of the window's first h
+    steps, J_h = Σ_{t<h} γ^t r_t + γ^h V'(s_h)·alive_h + the time-limit cuts at k ≤ h (the env
+    still steps n: the trajectory is the whole window). Steps past h reach J through nothing.
 
     ``pi(params, s, ε)``, ``step``, ``reward``, ``done`` are the engine's per-state functions;
     ``value(s)`` = V'(s) bootstraps the window end and time-limit cuts inside it (``terminal(s)``
@@ -105,14 +114,21 @@ def window_return(pi, params: PyTree, step, reward, done, s0, *, horizon: int, g
     """
     one = lambda tree, axis: None if tree is None else jax.tree_util.tree_map(
         lambda x: jnp.expand_dims(x, axis), tree)
-    bootstrap = None if value is None else (lambda s, a: value(s))
+    bootstrap = None if (value is None or cut is not None) else (lambda s, a: value(s))
     rets, traj = pathwise_returns(
         pi, params, step, reward, one(s0, 0), horizon=horizon, gamma=gamma, bootstrap=bootstrap,
         policy_noise=one(policy_noise, 1), dynamics_noise=one(dynamics_noise, 1), done=done, remat=remat,
     )
     ret, traj = rets[0], jax.tree_util.tree_map(lambda x: x[0], traj)
+    if cut is not None:
+        disc = gamma ** jnp.arange(horizon, dtype=traj.rewards.dtype)
+        ret = jnp.sum(jnp.where(jnp.arange(horizon) < cut, disc * traj.rewards, 0.0))
+        if value is not None:
+            live = traj.alive[cut] > 0
+            s_h = gate_gradient(live, jax.tree_util.tree_map(lambda x: x[cut], traj.states))
+            ret = ret + jnp.where(live, gamma ** cut * value(s_h), 0.0)
     if value is not None:
-        ret = ret + truncation_bootstrap(traj, terminal, value, gamma)
+        ret = ret + truncation_bootstrap(traj, terminal, value, gamma, upto=cut)
     return ret, traj
 
 
