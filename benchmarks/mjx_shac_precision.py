@@ -1,7 +1,7 @@
 """SHAC on the MJX cart-pole in float32 vs float64: eval returns, wall time, skipped updates.
 
-    python -m benchmarks.mjx_shac_precision                      # 4 seeds x {float32, float64}
-    python -m benchmarks.mjx_shac_precision --seeds 0,1,2 --iterations 600
+    python -m benchmarks.mjx_shac_precision                      # 8 seeds x {float32, float64}
+    python -m benchmarks.mjx_shac_precision --seeds 0,1,2 --iterations 400
     python -m benchmarks.mjx_shac_precision --tiny               # smoke run (toy sizes)
 
 Env: ``envs.make("mjx:inverted_pendulum")`` through the config (``SHACConfig(env=...)``): the
@@ -43,9 +43,13 @@ from benchmarks import _common as C
 NAME = "mjx_shac_precision"
 ENV = "mjx:inverted_pendulum"
 # The measured configuration (see docs/mjx_gradients.md, "SHAC in float32 vs float64"). SHAC's
-# default actor lr 1e-2 did not learn this task in 200 iterations (eval ≤ 21); 1e-3 did.
-DEFAULTS = dict(horizon=32, num_envs=32, episode_length=200, iterations=400, eval_every=20, eval_envs=32,
+# default actor lr 1e-2 did not learn this task in 200 iterations (eval ≤ 21); 1e-3 did. The
+# previous setting, 400 iterations, reached the ceiling on 1 of 4 seeds per precision; float64
+# probes (seeds 0-3): window 16 or actor lr 3e-3 at 400 iterations did worse, 800 iterations
+# reached 200 on 4 of 4.
+DEFAULTS = dict(horizon=32, num_envs=32, episode_length=200, iterations=800, eval_every=20, eval_envs=32,
                 actor_lr=1e-3)
+SOLVED = 190.0  # a seed counts as reaching the ceiling (200) when its mean of the last evaluations is >= this
 TINY = dict(horizon=4, num_envs=2, episode_length=8, iterations=2, eval_every=1, eval_envs=2, actor_lr=1e-3)
 PRECISIONS = ("float32", "float64")
 
@@ -130,7 +134,8 @@ def run_child(precision: str, seeds: list, settings: dict, timeout: float) -> li
 
 
 def summarise(rows: list, last: int) -> list:
-    """Per-precision means over the seeds (rows without an error)."""
+    """Per-precision means over the seeds (rows without an error), the standard error of the mean
+    of ``mean_last{last}`` (sample std / √seeds) and how many seeds reach ``SOLVED``."""
     import numpy as np
 
     out = []
@@ -138,11 +143,14 @@ def summarise(rows: list, last: int) -> list:
         rs = [r for r in rows if r.get("precision") == p and "error" not in r]
         if not rs:
             continue
+        ml = np.array([r[f"mean_last{last}"] for r in rs])
         out.append({
             "precision": p, "seeds": len(rs),
             "final_return": float(np.mean([r["final_return"] for r in rs])),
             "best_return": float(np.mean([r["best_return"] for r in rs])),
-            f"mean_last{last}": float(np.mean([r[f"mean_last{last}"] for r in rs])),
+            f"mean_last{last}": float(np.mean(ml)),
+            f"mean_last{last}_se": float(np.std(ml, ddof=1) / np.sqrt(len(ml))) if len(ml) > 1 else float("nan"),
+            f"seeds_ge_{SOLVED:g}": int(np.sum(ml >= SOLVED)),
             "wall_s": float(np.mean([r["wall_s"] for r in rs])),
             "s_per_iteration": float(np.mean([r["s_per_iteration"] for r in rs])),
             "total_skipped": int(sum(r["total_skipped"] for r in rs)),
@@ -153,7 +161,7 @@ def summarise(rows: list, last: int) -> list:
 
 def main(argv=None) -> dict:
     p = C.parser(NAME, __doc__.split("\n")[0])
-    p.add_argument("--seeds", default="0,1,2,3", help="comma-separated PRNG seeds (default 0,1,2,3)")
+    p.add_argument("--seeds", default="0,1,2,3,4,5,6,7", help="comma-separated PRNG seeds (default 0-7)")
     for k, v in DEFAULTS.items():
         p.add_argument("--" + k.replace("_", "-"), type=type(v), default=None, help=f"default {v}")
     p.add_argument("--last", type=int, default=5, help="also report the mean of the last LAST evaluations")
@@ -204,12 +212,13 @@ def main(argv=None) -> dict:
     cols = ["precision", "seed", "final_return", "best_return", f"mean_last{args.last}", "best_iteration",
             "wall_s", "first_block_s", "s_per_iteration", "total_skipped", "masked_envs_sum", "masked_envs_max",
             "param_dtypes", "error"]
-    fmt = {"final_return": ".2f", "best_return": ".2f", f"mean_last{args.last}": ".2f", "wall_s": ".1f",
-           "first_block_s": ".1f", "s_per_iteration": ".3f"}
+    fmt = {"final_return": ".2f", "best_return": ".2f", f"mean_last{args.last}": ".2f",
+           f"mean_last{args.last}_se": ".2f", "wall_s": ".1f", "first_block_s": ".1f", "s_per_iteration": ".3f"}
     payload["markdown"] = C.markdown_table(payload["rows"], cols, fmt)
     payload["markdown_summary"] = C.markdown_table(
-        payload["summary"], ["precision", "seeds", "final_return", "best_return", f"mean_last{args.last}", "wall_s",
-                             "s_per_iteration", "total_skipped", "masked_envs_sum"], fmt)
+        payload["summary"], ["precision", "seeds", "final_return", "best_return", f"mean_last{args.last}",
+                             f"mean_last{args.last}_se", f"seeds_ge_{SOLVED:g}", "wall_s", "s_per_iteration",
+                             "total_skipped", "masked_envs_sum"], fmt)
     C.write_json(args.out, payload)
     print(f"SHAC on {ENV}: {settings}, seeds {seeds}")
     print(payload["markdown"])

@@ -177,7 +177,7 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
             obs = jax.vmap(lambda ts: observe(batch.obs_stats, ts))(jax.tree_util.tree_map(lambda x: x[:n], states))
             lp = jax.vmap(lambda o, e: score_log_prob(old, pp, o, e))(obs, eps[:n])
             base = jax.vmap(lambda o: critic.apply(batch.target_params, o))(obs) if config.use_critic else None
-            return losses.score_window_loss(lp, rewards, alive, ret, base, batch.gamma, n)
+            return losses.score_window_loss(lp, rewards, alive, ret, base, batch.gamma, n, cut=batch.cut)
 
         return jax.vmap(jax.grad(one), in_axes=(None, 0, 0, 0, 1, 0))(
             params, traj.states, traj.rewards, traj.alive, batch.policy_noise, rets)

@@ -138,7 +138,8 @@ def actor_loss(returns: jax.Array, horizon: int) -> jax.Array:
 
 
 def score_window_loss(log_probs: jax.Array, rewards: jax.Array, alive: jax.Array, ret: jax.Array,
-                      baseline: Optional[jax.Array], gamma: Any, horizon: int) -> jax.Array:
+                      baseline: Optional[jax.Array], gamma: Any, horizon: int,
+                      cut: Optional[jax.Array] = None) -> jax.Array:
     """One env's score-function surrogate for the window objective J (``estimator="score"/"auto"``):
 
         L_sf = −(1/n) Σ_{t<n} alive_t ℓ_t(θ) · sg(C_t − γ^t b_t),    C_t = J − Σ_{k<t} γ^k r_k,
@@ -150,7 +151,8 @@ def score_window_loss(log_probs: jax.Array, rewards: jax.Array, alive: jax.Array
     s_k (k > t) follow a_t. Needs no derivative of the system (``docs/theory.md`` §2, §9).
 
     log_probs [n] (as functions of θ), rewards [n] (zero after the episode's end), alive [n+1],
-    ret: J (a scalar, held fixed), baseline [n] or None.
+    ret: J (a scalar, held fixed), baseline [n] or None; ``cut`` = h: J is the window's first
+    h steps (``window_return(cut=h)``), so only steps t < h carry a score.
     """
     n = rewards.shape[0]
     disc = gamma ** jnp.arange(n, dtype=rewards.dtype)
@@ -158,6 +160,8 @@ def score_window_loss(log_probs: jax.Array, rewards: jax.Array, alive: jax.Array
     to_go = ret - (jnp.cumsum(dr) - dr)
     adv = to_go if baseline is None else to_go - disc * baseline
     live = alive[:n] > 0
+    if cut is not None:
+        live = live & (jnp.arange(n) < cut)
     adv = jnp.where(live, jax.lax.stop_gradient(adv), 0.0)
     lp = jnp.where(live, log_probs, 0.0)
     return -jnp.sum(adv * lp) / horizon
