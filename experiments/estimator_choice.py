@@ -42,12 +42,15 @@ from experiments import rundir
 from mbpo_grad.agents import ppo, shac
 
 ARMS = ("shac", "auto", "score", "ppo", "reinforce")
+# time limits other than the env's own: Brax's inverted pendulum at 200 steps, as in
+# benchmarks/vs_brax_apg.py (its own reward, +1 per step while the pole is up: 200 is the maximum)
+EPISODE_LENGTH = {"brax:inverted_pendulum": 200, "brax:halfcheetah": 200}
 FIXED = ("shac", "score", "ppo", "reinforce")
 
 PRESETS = {
     "default": dict(envs=("quantized_thruster", "cartpole"), arms=("shac", "auto", "ppo", "reinforce"), seeds=4,
                     iterations=300, num_envs=32, horizon=32, evals=10, shac=None, ppo=None),
-    "tiny": dict(envs=("quantized_thruster",), arms=ARMS, seeds=2, iterations=3, num_envs=4, horizon=4, evals=1,
+    "tiny": dict(envs=("quantized_thruster",), arms=("shac", "auto", "ppo"), seeds=2, iterations=3, num_envs=4, horizon=4, evals=1,
                  shac=dict(actor_hidden=(8,), critic_hidden=(8,), critic_iterations=1, critic_minibatches=1,
                            eval_envs=2),
                  ppo=dict(policy_hidden=(8,), value_hidden=(8,), epochs=1, minibatches=1, eval_envs=2,
@@ -65,12 +68,15 @@ def _optimum(env_name: str) -> Optional[float]:
 
 def _configs(arm: str, env: str, iterations: int, num_envs: int, horizon: int, evals: int,
              shac_kw: Dict[str, Any], ppo_kw: Dict[str, Any], shac_steps: Optional[int]):
+    limit = EPISODE_LENGTH.get(env)
     if arm in ("shac", "auto", "score"):
         est = {"shac": "pathwise", "auto": "auto", "score": "score"}[arm]
         return shac.SHACConfig(env=env, estimator=est, num_envs=num_envs, horizon=horizon, iterations=iterations,
-                               eval_every=max(1, iterations // evals), **shac_kw)
+                               eval_every=max(1, iterations // evals), episode_length=limit, **shac_kw)
     make = ppo.reinforce_config if arm == "reinforce" else (lambda env, **kw: ppo.PPOConfig(env=env, **kw))
     kw = {k: v for k, v in ppo_kw.items() if v is not None}
+    if limit is not None:
+        kw["episode_length"] = limit
     unroll = horizon
     its = iterations if shac_steps is None else max(1, math.ceil(shac_steps / (num_envs * unroll)))
     return make(env, num_envs=num_envs, unroll_length=unroll, iterations=its, eval_every=max(1, its // evals), **kw)
@@ -123,8 +129,8 @@ def compare(envs: Sequence[str], arms: Sequence[str], seeds: Sequence[int], *, i
 def table(result: Dict[str, Any]) -> str:
     """Markdown: final return mean ± s.e. per env and arm, % of the best fixed arm, % of the optimum."""
     arms = result["arms"]
-    lines = ["| env | " + " | ".join(arms) + " | auto / best fixed | auto mean α |",
-             "|---|" + "---|" * (len(arms) + 2)]
+    lines = ["| env | " + " | ".join(arms) + " | auto / best fixed | auto mean α | pathwise ‖g‖ |",
+             "|---|" + "---|" * (len(arms) + 3)]
     for env, r in result["envs"].items():
         cells, means = [], {}
         for a in arms:
@@ -139,7 +145,8 @@ def table(result: Dict[str, Any]) -> str:
             best = max(fixed)
             ratio = f"{means['auto'] / best:.2f}" if best > 0 else f"{means['auto']:.1f} vs {best:.1f}"
         alpha = np.mean(r["arms"]["auto"]["alpha"]) if "auto" in r["arms"] else float("nan")
-        lines.append(f"| {env} | " + " | ".join(cells) + f" | {ratio} | {alpha:.2f} |")
+        gn = r["arms"]["shac"].get("grad_norm", float("nan")) if "shac" in r["arms"] else float("nan")
+        lines.append(f"| {env} | " + " | ".join(cells) + f" | {ratio} | {alpha:.2f} | {gn:.3g} |")
     return "\n".join(lines)
 
 
@@ -180,7 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--iterations", type=int, default=None, help="SHAC-family iterations (default 300)")
     p.add_argument("--num-envs", type=int, default=None, help="parallel envs of every arm (default 32)")
     p.add_argument("--horizon", type=int, default=None, help="SHAC window = PPO unroll length (default 32)")
-    p.add_argument("--tiny", action="store_true", help="smoke run: every arm, 2 seeds, 3 iterations, (8,) MLPs")
+    p.add_argument("--tiny", action="store_true", help="smoke run: shac, auto, ppo on the quantized thruster, 2 seeds, 3 iterations, (8,) MLPs")
     p.add_argument("--out", default=None, help="run folder (default runs/estimator_choice-<timestamp>)")
     args = p.parse_args(argv)
     pre = PRESETS["tiny" if args.tiny else "default"]
