@@ -69,6 +69,8 @@ def _optimum(env_name: str) -> Optional[float]:
 def _configs(arm: str, env: str, iterations: int, num_envs: int, horizon: int, evals: int,
              shac_kw: Dict[str, Any], ppo_kw: Dict[str, Any], shac_steps: Optional[int]):
     limit = EPISODE_LENGTH.get(env)
+    from mbpo_grad.agents import common
+    horizon = min(horizon, limit or common.make_env(env).episode_length)   # e.g. switching_cart: 6 steps
     if arm in ("shac", "auto", "score"):
         est = {"shac": "pathwise", "auto": "auto", "score": "score"}[arm]
         return shac.SHACConfig(env=env, estimator=est, num_envs=num_envs, horizon=horizon, iterations=iterations,
@@ -105,8 +107,10 @@ def _run(config, seeds: Sequence[int]) -> Dict[str, Any]:
 
 
 def compare(envs: Sequence[str], arms: Sequence[str], seeds: Sequence[int], *, iterations: int, num_envs: int,
-            horizon: int, evals: int, shac_kw=None, ppo_kw=None, verbose: bool = True) -> Dict[str, Any]:
-    """Every arm on every env (SHAC-family arms first; PPO arms at ≥ their env steps)."""
+            horizon: int, evals: int, shac_kw=None, ppo_kw=None, verbose: bool = True,
+            save=None) -> Dict[str, Any]:
+    """Every arm on every env (SHAC-family arms first; PPO arms at ≥ their env steps);
+    ``save(result)`` is called after every arm (the partial result survives a crash)."""
     shac_kw, ppo_kw = dict(shac_kw or {}), dict(ppo_kw or {})
     result = {"seeds": list(seeds), "arms": list(arms), "envs": {}}
     for env in envs:
@@ -118,6 +122,9 @@ def compare(envs: Sequence[str], arms: Sequence[str], seeds: Sequence[int], *, i
             rows[arm] = _run(cfg, seeds)
             if arm in ("shac", "auto", "score"):
                 shac_steps = max(shac_steps or 0, rows[arm]["env_steps"])
+            result["envs"][env] = {"optimum": _optimum(env), "arms": rows}
+            if save is not None:
+                save(result)
             if verbose:
                 f = np.asarray(rows[arm]["final"])
                 print(f"  final {f.mean():.2f} ± {f.std(ddof=1) / np.sqrt(len(f)) if len(f) > 1 else 0:.2f} "
@@ -127,23 +134,32 @@ def compare(envs: Sequence[str], arms: Sequence[str], seeds: Sequence[int], *, i
 
 
 def table(result: Dict[str, Any]) -> str:
-    """Markdown: final return mean ± s.e. per env and arm, % of the best fixed arm, % of the optimum."""
+    """Markdown: final return mean ± s.e. per env and arm, % of the optimum where known, and
+    auto / best fixed arm (for negative returns, costs, best / auto: ≥ 0.95 is within 5%)."""
     arms = result["arms"]
     lines = ["| env | " + " | ".join(arms) + " | auto / best fixed | auto mean α | pathwise ‖g‖ |",
              "|---|" + "---|" * (len(arms) + 3)]
     for env, r in result["envs"].items():
         cells, means = [], {}
         for a in arms:
+            if a not in r["arms"]:     # a partial result (saved while the run goes on)
+                cells.append("—")
+                continue
             f = np.asarray(r["arms"][a]["final"])
             means[a] = float(f.mean())
             se = f.std(ddof=1) / np.sqrt(len(f)) if len(f) > 1 else 0.0
             opt = f" ({100 * f.mean() / r['optimum']:.0f}% of opt.)" if r["optimum"] else ""
             cells.append(f"{f.mean():.1f} ± {se:.1f}{opt}")
-        fixed = [means[a] for a in arms if a in FIXED]
+        fixed = [means[a] for a in arms if a in FIXED and a in means]
         ratio = "—"
         if "auto" in means and fixed:
             best = max(fixed)
-            ratio = f"{means['auto'] / best:.2f}" if best > 0 else f"{means['auto']:.1f} vs {best:.1f}"
+            if best > 0:
+                ratio = f"{means['auto'] / best:.2f}"
+            elif means["auto"] < 0:      # costs: best / auto (≥ 0.95: auto's cost within 5% of the best)
+                ratio = f"{best / means['auto']:.2f}"
+            else:
+                ratio = f"{means['auto']:.1f} vs {best:.1f}"
         alpha = np.mean(r["arms"]["auto"]["alpha"]) if "auto" in r["arms"] else float("nan")
         gn = r["arms"]["shac"].get("grad_norm", float("nan")) if "shac" in r["arms"] else float("nan")
         lines.append(f"| {env} | " + " | ".join(cells) + f" | {ratio} | {alpha:.2f} | {gn:.3g} |")
@@ -201,16 +217,19 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                     ("--horizon", args.horizon)):
         if v is not None and v < 1:
             p.fail(f"{flag} must be >= 1, got {v}")
-    out = rundir.new_run_dir("estimator_choice", out=args.out)
-    result = compare(envs, arms, list(range(seeds)), iterations=args.iterations or pre["iterations"],
-                     num_envs=args.num_envs or pre["num_envs"], horizon=args.horizon or pre["horizon"],
-                     evals=pre["evals"], shac_kw=pre["shac"], ppo_kw=pre["ppo"])
-    text = table(result)
-    print(text)
     import json
     import os
-    with open(os.path.join(out, "estimator_choice.json"), "w") as f:
-        json.dump({**result, "table": text}, f, indent=1)
+    out = rundir.new_run_dir("estimator_choice", out=args.out)
+
+    def save(result):
+        with open(os.path.join(out, "estimator_choice.json"), "w") as f:
+            json.dump({**result, "table": table(result)}, f, indent=1)
+
+    result = compare(envs, arms, list(range(seeds)), iterations=args.iterations or pre["iterations"],
+                     num_envs=args.num_envs or pre["num_envs"], horizon=args.horizon or pre["horizon"],
+                     evals=pre["evals"], shac_kw=pre["shac"], ppo_kw=pre["ppo"], save=save)
+    print(table(result))
+    save(result)
     plot(result, os.path.join(out, "estimator_choice.png"))
     print(f"wrote {out}/estimator_choice.json and estimator_choice.png")
     return result
