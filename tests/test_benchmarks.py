@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks import compile_time, memory_vs_horizon, vs_brax_apg
+from benchmarks import compile_time, memory_vs_horizon, ppo_vs_brax, vs_brax_apg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,6 +91,37 @@ def test_vs_brax_apg_goal_check_and_plot(tmp_path):
     png = tmp_path / "plot.png"
     vs_brax_apg.plot(payload, str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ppo_vs_brax_tiny(tmp_path):
+    """``ppo_vs_brax --tiny`` (Brax's trivial ``fast`` env, 2 seeds, 20–28 s on 2 cores): both agents train
+    the same env steps and are scored at the same ones; the schedule and the verdict rule."""
+    out = tmp_path / "ppo.json"
+    ppo_vs_brax.main(["--tiny", "--out", str(out)])
+    payload = _load(out)
+    entry = payload["envs"]["fast"]
+    assert [(r["agent"], r["seed"]) for r in entry["runs"]] == [("brax", 0), ("ours", 0), ("brax", 1), ("ours", 1)]
+    sched = entry["schedule"]
+    for run in entry["runs"]:
+        assert [p["env_steps"] for p in run["points"]] == [sched["eval_every"] * sched["env_steps_per_iteration"] * b
+                                                          for b in range(1, sched["blocks"] + 1)]
+        assert run["env_steps"] == sched["env_steps"] and all(np.isfinite(p["eval_return"]) for p in run["points"])
+        assert run["wall_s"] >= run["steady_s"] > 0
+    summ = entry["summary"]
+    assert summ["agents"]["ours"]["final"]["n"] == 2 and np.isfinite(summ["agents"]["brax"]["final"]["se"])
+    assert {v["verdict"] for v in summ["verdict"].values()} <= {"equal within seed noise", "better", "worse"}
+    # Brax's budget rounding, shared by ours: whole epochs of whole iterations, at least the budget
+    assert ppo_vs_brax.schedule(300_000, 64, 16, 11) == {"iterations": 300, "eval_every": 30, "blocks": 10,
+                                                        "env_steps": 307_200, "env_steps_per_iteration": 1024}
+    with pytest.raises(ValueError, match="num_evals"):
+        ppo_vs_brax.schedule(1000, 4, 4, 1)
+    ms = ppo_vs_brax.mean_se
+    assert ms([1.0, 2.0, 3.0])["se"] == pytest.approx(1.0 / np.sqrt(3.0))
+    assert ppo_vs_brax.verdict(ms([10.0, 12.0]), ms([11.0, 13.0]))["verdict"] == "equal within seed noise"
+    assert ppo_vs_brax.verdict(ms([20.0, 21.0]), ms([10.0, 11.0]))["verdict"] == "better"
+    assert ppo_vs_brax.verdict(ms([10.0, 11.0]), ms([20.0, 21.0]))["verdict"] == "worse"
+    assert ppo_vs_brax.verdict(ms([200.0, 200.0]), ms([200.0, 200.0]))["verdict"] == "equal within seed noise"
+    assert ppo_vs_brax.verdict(ms([1.0]), ms([1.0, 2.0]))["verdict"].startswith("n/a")
 
 
 @pytest.mark.slow
