@@ -180,6 +180,10 @@ def plot(result: Dict[str, Any], path: str) -> None:
             ax.fill_between(x, y.min(0), y.max(0), color=f"C{i}", alpha=0.15)
         if r["optimum"]:
             ax.axhline(r["optimum"], color="k", ls="--", lw=0.8, label="optimum")
+        means = [np.mean(np.asarray(row["eval_return"]), 0) for row in r["arms"].values()]
+        top = max(float(np.max(m)) for m in means)
+        if min(float(np.min(m)) for m in means) < -10.0 * (abs(top) + 1.0):   # a diverging arm
+            ax.set_yscale("symlog", linthresh=max(1.0, abs(top)))
         ax.set_title(env)
         ax.set_xlabel("environment steps")
         ax.set_ylabel("evaluation return")
