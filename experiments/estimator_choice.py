@@ -50,7 +50,7 @@ FIXED = ("shac", "score", "ppo", "reinforce")
 PRESETS = {
     "default": dict(envs=("quantized_thruster", "cartpole"), arms=("shac", "auto", "ppo", "reinforce"), seeds=4,
                     iterations=300, num_envs=32, horizon=32, evals=10, shac=None, ppo=None),
-    "tiny": dict(envs=("quantized_thruster",), arms=("shac", "auto", "ppo"), seeds=2, iterations=3, num_envs=4, horizon=4, evals=1,
+    "tiny": dict(envs=("quantized_thruster",), arms=("auto", "ppo"), seeds=2, iterations=3, num_envs=4, horizon=4, evals=1,
                  shac=dict(actor_hidden=(8,), critic_hidden=(8,), critic_iterations=1, critic_minibatches=1,
                            eval_envs=2),
                  ppo=dict(policy_hidden=(8,), value_hidden=(8,), epochs=1, minibatches=1, eval_envs=2,
@@ -207,7 +207,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--iterations", type=int, default=None, help="SHAC-family iterations (default 300)")
     p.add_argument("--num-envs", type=int, default=None, help="parallel envs of every arm (default 32)")
     p.add_argument("--horizon", type=int, default=None, help="SHAC window = PPO unroll length (default 32)")
-    p.add_argument("--tiny", action="store_true", help="smoke run: shac, auto, ppo on the quantized thruster, 2 seeds, 3 iterations, (8,) MLPs")
+    p.add_argument("--tiny", action="store_true", help="smoke run: auto and ppo on the quantized thruster, 2 seeds, 3 iterations, (8,) MLPs")
     p.add_argument("--out", default=None, help="run folder (default runs/estimator_choice-<timestamp>)")
     args = p.parse_args(argv)
     pre = PRESETS["tiny" if args.tiny else "default"]

@@ -112,6 +112,7 @@ def test_bad_config():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # a learning run (13–45 s): opt-in, MBPO_GRAD_HEAVY=1, to keep the suite under 15 min
 def test_fqi_learns_pendulum_swing_up():
     """Embedded optimisation: threshold −400 (random ≈ −1200, swing-up ≈ −150) after 12 000 env steps, seed 0."""
     cfg = fqi.FQIConfig(**LEARN)
@@ -121,6 +122,7 @@ def test_fqi_learns_pendulum_swing_up():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # a learning run (13–45 s): opt-in, MBPO_GRAD_HEAVY=1, to keep the suite under 15 min
 def test_amortised_fqi_learns_pendulum_swing_up():
     """Amortised: threshold −400 after 12 000 env steps, seed 0."""
     cfg = fqi.FQIConfig(**LEARN, amortized=True, inner_starts=2, inner_steps=4, policy_steps=8)

@@ -158,6 +158,7 @@ def test_bad_config_and_arguments_are_named():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # a learning run (13–45 s): opt-in, MBPO_GRAD_HEAVY=1, to keep the suite under 15 min
 def test_model_based_learns_pendulum_swing_up_from_few_real_steps():
     """Threshold −400 (random ≈ −1200, swing-up ≈ −150) after 2 500 real env steps (400 of them
     random warm-up), seed 0. Measured: seeds 0–5 scored −128, −156, −133, −155, −134, −596 after

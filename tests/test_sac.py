@@ -185,6 +185,7 @@ def test_bad_policy_and_hparams():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # a learning run (13–45 s): opt-in, MBPO_GRAD_HEAVY=1, to keep the suite under 15 min
 def test_sac_learns_pendulum_swing_up():
     """Threshold −400 (random ≈ −1200, swing-up ≈ −150) after 10 000 env steps, seed 0."""
     cfg = sac.SACConfig(**LEARN)
