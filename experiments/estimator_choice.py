@@ -9,6 +9,8 @@ Arms (each with its agent's defaults; nothing is tuned per env):
 * ``shac``: SHAC, pathwise only (``estimator="pathwise"``, deterministic tanh policy).
 * ``auto``: SHAC with ``estimator="auto"`` (tanh-Gaussian policy, α-order mixing with z = 2).
 * ``score``: SHAC's windows with the score-function estimate only (``estimator="score"``).
+* ``adaptive``: SHAC, pathwise, with ``adaptive_horizon=True`` (the actor's window halves where a
+  per-env gradient norm exceeds ``horizon_norm_limit``; its mean over seeds is saved per iteration).
 * ``ppo``: ``agents.ppo`` defaults; ``reinforce``: ``ppo.reinforce_config`` (REINFORCE with a learned
   baseline). Their iterations are set so that they take at least SHAC's environment steps.
 
@@ -41,7 +43,8 @@ import numpy as np
 from experiments import rundir
 from mbpo_grad.agents import ppo, shac
 
-ARMS = ("shac", "auto", "score", "ppo", "reinforce")
+ARMS = ("shac", "auto", "score", "adaptive", "ppo", "reinforce")
+SHAC_ARMS = ("shac", "auto", "score", "adaptive")
 # time limits other than the env's own: Brax's inverted pendulum at 200 steps, as in
 # benchmarks/vs_brax_apg.py (its own reward, +1 per step while the pole is up: 200 is the maximum)
 EPISODE_LENGTH = {"brax:inverted_pendulum": 200, "brax:halfcheetah": 200}
@@ -71,10 +74,11 @@ def _configs(arm: str, env: str, iterations: int, num_envs: int, horizon: int, e
     limit = EPISODE_LENGTH.get(env)
     from mbpo_grad.agents import common
     horizon = min(horizon, limit or common.make_env(env).episode_length)   # e.g. switching_cart: 6 steps
-    if arm in ("shac", "auto", "score"):
-        est = {"shac": "pathwise", "auto": "auto", "score": "score"}[arm]
+    if arm in SHAC_ARMS:
+        est = {"shac": "pathwise", "auto": "auto", "score": "score", "adaptive": "pathwise"}[arm]
         return shac.SHACConfig(env=env, estimator=est, num_envs=num_envs, horizon=horizon, iterations=iterations,
-                               eval_every=max(1, iterations // evals), episode_length=limit, **shac_kw)
+                               eval_every=max(1, iterations // evals), episode_length=limit,
+                               adaptive_horizon=arm == "adaptive", **shac_kw)
     make = ppo.reinforce_config if arm == "reinforce" else (lambda env, **kw: ppo.PPOConfig(env=env, **kw))
     kw = {k: v for k, v in ppo_kw.items() if v is not None}
     if limit is not None:
@@ -98,6 +102,8 @@ def _run(config, seeds: Sequence[int]) -> Dict[str, Any]:
            "final": evals[:, -2:].mean(1).tolist(), "wall_s": time.perf_counter() - t0}
     if "grad_norm" in metrics and isinstance(config, shac.SHACConfig):
         out["grad_norm"] = float(np.mean(np.asarray(metrics["grad_norm"])))
+    if "horizon" in metrics:
+        out["horizon"] = np.asarray(metrics["horizon"]).mean(0).tolist()
     if "alpha" in metrics:
         ratio = np.asarray(metrics["bias_norm"]) / np.maximum(np.asarray(metrics["bias_se"]), 1e-30)
         out["alpha"] = np.asarray(metrics["alpha_effective"]).mean(0).tolist()
@@ -120,7 +126,7 @@ def compare(envs: Sequence[str], arms: Sequence[str], seeds: Sequence[int], *, i
             if verbose:
                 print(f"{env}: {arm} ({type(cfg).__name__}, {cfg.iterations} iterations) ...", flush=True)
             rows[arm] = _run(cfg, seeds)
-            if arm in ("shac", "auto", "score"):
+            if arm in SHAC_ARMS:
                 shac_steps = max(shac_steps or 0, rows[arm]["env_steps"])
             result["envs"][env] = {"optimum": _optimum(env), "arms": rows}
             if save is not None:
