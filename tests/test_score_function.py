@@ -168,15 +168,33 @@ def test_hybrid_gradient_unbiased_and_pure_pathwise_biased(cart):
 
 
 def test_pure_pathwise_equals_engine_with_gumbel_dynamics_noise(cart):
-    """score_function=False is exactly the engine's pathwise gradient through the env's Gumbel-max step."""
+    """score_function=False is exactly the engine's pathwise gradient through the env's Gumbel-max
+    step, fed the standard normal noise ξ whose Gumbel transform is the hybrid's noise."""
+    from mbpo_grad.policies.bounded import ndtri_exp_neg_exp
     w, _, _, noise, _, pathwise = cart
     B = 64
-    xi = jnp.swapaxes(noise[:B], 0, 1)  # [T, B, K]
+    xi = ndtri_exp_neg_exp(-jnp.swapaxes(noise[:B], 0, 1))  # [T, B, K]: N(0, 1) with −log(−log Φ(ξ)) = g
+    np.testing.assert_allclose(sc.gumbel_from_normal(xi), jnp.swapaxes(noise[:B], 0, 1), rtol=1e-9, atol=1e-12)
     s0 = jnp.tile(jnp.asarray(S0_CART), (B, 1))
     env = sc.make()
     g_engine = jax.grad(lambda w: mg.pathwise_objective(cart_policy, w, env.step, env.reward, s0, horizon=T_CART,
                                                         gamma=GAMMA_CART, dynamics_noise=xi))(w)
     np.testing.assert_allclose(g_engine, pathwise[:B].mean(0), rtol=1e-10, atol=1e-12)
+
+
+def test_env_step_fed_normal_noise_draws_modes_with_their_probabilities(x64):
+    """The agents feed env.step ξ ~ N(0, I): the sticking frequency is p(z = 1 | s, a) = sigmoid(ℓ).
+    (Read as Gumbel noise directly, as before, it would be Φ(ℓ/√2) = 0.756 here, not 0.727:
+    7 standard errors away at 40k draws.)"""
+    env = sc.make()
+    s0, a = jnp.array([0.0, 0.05]), jnp.zeros((1,))   # slow and unforced: ℓ = 0.98
+    assert not np.allclose(sc.step_mode(s0, a, 0), sc.step_mode(s0, a, 1))
+    xi = jax.random.normal(jax.random.PRNGKey(4), (40_000, sc.NUM_MODES), jnp.float64)
+    nxt = jax.vmap(lambda x: env.step(s0, a, x))(xi)
+    stick = np.asarray(sc.step_mode(s0, a, 1))
+    freq = float(np.mean(np.all(np.isclose(np.asarray(nxt), stick[None], rtol=0, atol=1e-12), axis=1)))
+    p1 = float(jax.nn.softmax(sc.mode_logits(s0, a))[1])
+    assert abs(freq - p1) < 4.0 * np.sqrt(p1 * (1 - p1) / 40_000), (freq, p1)
 
 
 def test_hybrid_unroll_modes_follow_probabilities(x64):

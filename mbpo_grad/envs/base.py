@@ -11,7 +11,9 @@ An ``Env`` is a bundle of pure per-state functions (batch with ``jax.vmap``):
 Actions live in [-1, 1]^action_size (policies squash with tanh); each env scales
 them to its own force/torque range. ``episode_length`` is the time limit.
 ``noise_shape`` is the shape of one step's ``xi`` (() when the env is
-deterministic and ignores it).
+deterministic and ignores it). ``xi`` is always standard normal, N(0, I): the agents,
+``evaluate_policy`` and the engine's callers draw it so, and an env that needs another
+noise transforms it (``switching_cart`` turns it into Gumbel noise through Φ).
 
 ``check_env(env)`` traces every function once with ``jax.eval_shape`` and checks the
 shapes and dtypes above against ``obs_size`` / ``action_size`` (agents call it on a

@@ -16,9 +16,11 @@ adds the score term Σ_t ∇ log p(z_t | s_t, a_t) · (reward after t) and is
 unbiased; ``mbpo_grad.score_function.exact_hybrid_return`` enumerates all
 2^T mode sequences for an exact reference.
 
-Engine form: ``step(s, a, xi)`` with xi standard Gumbel noise of shape [2]
-(z = argmax(logits + xi), an exact draw); ``mode_logits`` / ``step_mode`` are
-the pieces ``hybrid_unroll`` uses.
+Engine form: ``step(s, a, xi)`` with xi ~ N(0, I) of shape [2], the noise every
+agent draws for an env's ``noise_shape`` (``envs.base``); it is turned into
+standard Gumbel noise g = −log(−log Φ(xi)) and the mode is z = argmax(logits + g),
+an exact draw (Gumbel-max). ``mode_logits`` / ``step_mode`` are the pieces
+``hybrid_unroll`` uses (it takes the Gumbel noise itself).
 """
 from __future__ import annotations
 
@@ -52,10 +54,19 @@ def step_mode(state, action, mode):
     return jnp.stack([x_next, v_next])
 
 
+def gumbel_from_normal(xi):
+    """Standard Gumbel noise from ξ ~ N(0, 1): g = −log(−log Φ(ξ)) (accurate in both tails)."""
+    from mbpo_grad.policies.bounded import log_neg_log_ndtr
+    return -log_neg_log_ndtr(xi)
+
+
 def step(state, action, xi):
-    """Sample the mode from Gumbel noise xi [2] (Gumbel-max) and step; xi None: the likelier mode."""
+    """Sample the mode from xi ~ N(0, I) [2] (as Gumbel noise, Gumbel-max) and step; xi None: the likelier mode.
+
+    Before the fifth session ``xi`` was read as Gumbel noise directly, while the agents feed every
+    env N(0, I): under the agents sticking had probability Φ(ℓ/√2), not sigmoid(ℓ)."""
     logits = jax.lax.stop_gradient(mode_logits(state, action))
-    mode = jnp.argmax(logits if xi is None else logits + xi)
+    mode = jnp.argmax(logits if xi is None else logits + gumbel_from_normal(jax.lax.stop_gradient(xi)))
     return step_mode(state, action, mode)
 
 
