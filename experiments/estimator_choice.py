@@ -213,6 +213,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--iterations", type=int, default=None, help="SHAC-family iterations (default 300)")
     p.add_argument("--num-envs", type=int, default=None, help="parallel envs of every arm (default 32)")
     p.add_argument("--horizon", type=int, default=None, help="SHAC window = PPO unroll length (default 32)")
+    p.add_argument("--eval-envs", type=int, default=None,
+                   help="evaluation episodes of every arm (default: each agent's own, SHAC 32, PPO 16)")
     p.add_argument("--tiny", action="store_true", help="smoke run: auto and ppo on the quantized thruster, 2 seeds, 3 iterations, (8,) MLPs")
     p.add_argument("--out", default=None, help="run folder (default runs/estimator_choice-<timestamp>)")
     args = p.parse_args(argv)
@@ -229,7 +231,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             p.fail(f"{flag} must be >= 1, got {v}")
     import json
     import os
+    if args.eval_envs is not None and args.eval_envs < 1:
+        p.fail(f"--eval-envs must be >= 1, got {args.eval_envs}")
     out = rundir.new_run_dir("estimator_choice", out=args.out)
+    shac_kw, ppo_kw = dict(pre["shac"] or {}), dict(pre["ppo"] or {})
+    if args.eval_envs is not None:
+        shac_kw["eval_envs"] = ppo_kw["eval_envs"] = args.eval_envs
 
     def save(result):
         with open(os.path.join(out, "estimator_choice.json"), "w") as f:
@@ -237,7 +244,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     result = compare(envs, arms, list(range(seeds)), iterations=args.iterations or pre["iterations"],
                      num_envs=args.num_envs or pre["num_envs"], horizon=args.horizon or pre["horizon"],
-                     evals=pre["evals"], shac_kw=pre["shac"], ppo_kw=pre["ppo"], save=save)
+                     evals=pre["evals"], shac_kw=shac_kw, ppo_kw=ppo_kw, save=save)
     print(table(result))
     save(result)
     plot(result, os.path.join(out, "estimator_choice.png"))
