@@ -12,7 +12,8 @@ from mbpo_grad import envs
 from mbpo_grad.agents import shac
 from mbpo_grad.nn import mlp
 from mbpo_grad.policies import gumbel_softmax_policy, kumaraswamy_policy
-from mbpo_grad.policies.bounded import kumaraswamy_parameters, log_neg_log_ndtr, ndtri_exp_neg_exp
+from mbpo_grad.bijectors import log_neg_log_ndtr, ndtri_exp_neg_exp
+from mbpo_grad.policies.bounded import kumaraswamy_parameters
 from tests.policy_checks import normal, random_params
 
 OBS_DIM = 3

@@ -170,7 +170,7 @@ def test_hybrid_gradient_unbiased_and_pure_pathwise_biased(cart):
 def test_pure_pathwise_equals_engine_with_gumbel_dynamics_noise(cart):
     """score_function=False is exactly the engine's pathwise gradient through the env's Gumbel-max
     step, fed the standard normal noise ξ whose Gumbel transform is the hybrid's noise."""
-    from mbpo_grad.policies.bounded import ndtri_exp_neg_exp
+    from mbpo_grad.bijectors import ndtri_exp_neg_exp
     w, _, _, noise, _, pathwise = cart
     B = 64
     xi = ndtri_exp_neg_exp(-jnp.swapaxes(noise[:B], 0, 1))  # [T, B, K]: N(0, 1) with −log(−log Φ(ξ)) = g

@@ -56,7 +56,7 @@ def step_mode(state, action, mode):
 
 def gumbel_from_normal(xi):
     """Standard Gumbel noise from ξ ~ N(0, 1): g = −log(−log Φ(ξ)) (accurate in both tails)."""
-    from mbpo_grad.policies.bounded import log_neg_log_ndtr
+    from mbpo_grad.bijectors import log_neg_log_ndtr
     return -log_neg_log_ndtr(xi)
 
 

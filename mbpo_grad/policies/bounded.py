@@ -65,9 +65,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import log_ndtr, ndtri
 
-from mbpo_grad.bijectors import clip_to_open_unit, soft_clip
+from mbpo_grad.bijectors import clip_to_open_unit, log_neg_log_ndtr, ndtri_exp_neg_exp, soft_clip
 from mbpo_grad.nn import mlp
 from mbpo_grad.policies._squash import check_vector
 from mbpo_grad.policies.base import Policy
@@ -85,48 +84,6 @@ def _tiny(x) -> float:
 def _exp_cap(x) -> float:
     """The largest exponent whose exp (times a few) stays finite: 80 in float32, 700 in float64."""
     return math.log(float(jnp.finfo(jnp.result_type(x)).max)) - 8.0
-
-
-# --------------------------------------------------------------------------- noise transforms
-
-def log_neg_log_ndtr(x: jax.Array) -> jax.Array:
-    """``log(−log Φ(x))``, accurate in relative terms for every finite x.
-
-    Used for both base noises of this package built from ε ~ N(0, 1): the Gumbel variate
-    ``g = −log(−log Φ(ε)) = −log_neg_log_ndtr(ε)`` and the log of the exponential variate
-    ``log E = log(−log(1 − Φ(ε))) = log_neg_log_ndtr(−ε)``. With ``L = log Φ(−|x|)`` (one
-    ``log_ndtr`` call, at a non-positive argument, where it is accurate):
-
-        x ≤ 0:   log(−L)                                   (−log Φ(x) ≥ log 2: no cancellation)
-        x > 0:   log(−log1p(−e^L))                         (−log Φ(x) = −log(1 − Φ(−x)))
-                 L                 where L < −30           (the series p + p²/2 + …, p = e^L < 1e-13)
-
-    (``log_ndtr`` alone computes log Φ(x) for moderate x > 0 as the log of a rounded number: in
-    float32 its value at x = 5 is 4 % off, which would be a 4 % error in E.) Finite for every
-    finite x; the branches see clamped inputs, so gradients stay finite.
-    """
-    x = jnp.asarray(x)
-    L = log_ndtr(jnp.where(x <= 0.0, x, -x))
-    r_neg = jnp.log(-L)
-    r_pos = jnp.log(-jnp.log1p(-jnp.exp(jnp.maximum(L, -30.0))))
-    return jnp.where(x <= 0.0, r_neg, jnp.where(L < -30.0, L, r_pos))
-
-
-def ndtri_exp_neg_exp(l: jax.Array) -> jax.Array:
-    """``x = Φ⁻¹(exp(−e^l))``, the inverse of ``log_neg_log_ndtr``.
-
-    With ``p = exp(−e^l)``: ``Φ⁻¹(p)`` where p ≤ ½ (``l ≥ log log 2``), else ``−Φ⁻¹(1 − p)``
-    with ``1 − p = −expm1(−e^l)`` (accurate when p is near 1); one ``ndtri`` call on the smaller
-    of the two. Probabilities below ``16 · finfo.tiny`` are floored there, so |x| ≤ 12.7
-    (float32) / 37.4 (float64): the inverse is exact inside that range and clipped outside it
-    (probability < 1e-36).
-    """
-    l = jnp.asarray(l)
-    upper = l >= _LOG_LN2
-    y = jnp.exp(jnp.clip(l, None, 7.0))            # exp(−e^7) = 0 in every float format
-    small = jnp.where(upper, jnp.exp(-y), -jnp.expm1(-y))
-    x = ndtri(jnp.maximum(small, 16.0 * _tiny(l)))
-    return jnp.where(upper, x, -x)
 
 
 # --------------------------------------------------------------------------- log-space helpers
@@ -305,4 +262,4 @@ def kumaraswamy_policy(obs_dim: int, act_dim: int, hidden: Sequence[int] = (64, 
                   sample_and_log_prob, None, log_ratio)
 
 
-__all__ = ["kumaraswamy_policy", "kumaraswamy_parameters", "log_neg_log_ndtr", "ndtri_exp_neg_exp"]
+__all__ = ["kumaraswamy_policy", "kumaraswamy_parameters"]

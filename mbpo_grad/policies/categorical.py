@@ -12,7 +12,7 @@ Per observation (batch with ``jax.vmap``); ε ~ N(0, I) of shape ``(act_dim, K)`
 
 The law. An MLP gives logits ``l(s) ∈ R^{act_dim × K}``; per dimension i (independently) the
 discrete choice is ``k_i ~ Categorical(softmax(l_i))``. From ε: ``u = Φ(ε)``, Gumbel noise
-``g = −log(−log u)`` (``bounded.log_neg_log_ndtr``, accurate for every ε), and
+``g = −log(−log u)`` (``bijectors.log_neg_log_ndtr``, accurate for every ε), and
 
     k*_i = argmax_k (l_ik + g_ik)                 (Gumbel-max: exactly Categorical(softmax(l_i)))
     y_i  = softmax((l_i + g_i) / τ)               (Gumbel-softmax / Concrete(l_i, τ) on the simplex)
@@ -60,7 +60,7 @@ the mean of c under this tilt increases with β); for K = 2 this is THE y of the
 pathwise gradient at the returned ε equals the original one (g is determined up to a shift
 per dimension, which softmax ignores). hard=True: l + g = onehot(k(a)) (+ const). Gumbels are
 shifted to min_k g_ik = −1 and must stay below ≈ 85 (float32; ≈ 700 in float64) to be
-representable as ε (``bounded.ndtri_exp_neg_exp``), i.e. logits within ~85 of each other.
+representable as ε (``bijectors.ndtri_exp_neg_exp``), i.e. logits within ~85 of each other.
 
 Out-of-range actions: a concrete action outside [c_1, c_K] or non-finite raises ``ValueError``
 naming ``action``; traced ones are clipped (``log_prob`` takes the nearest level anyway).
@@ -80,7 +80,7 @@ from mbpo_grad.distributions import gumbel_softmax
 from mbpo_grad.nn import mlp
 from mbpo_grad.policies._squash import check_vector
 from mbpo_grad.policies.base import Policy
-from mbpo_grad.policies.bounded import log_neg_log_ndtr, ndtri_exp_neg_exp
+from mbpo_grad.bijectors import log_neg_log_ndtr, ndtri_exp_neg_exp
 from mbpo_grad.validation import check_int, is_concrete
 
 _BISECTION_STEPS = 80
