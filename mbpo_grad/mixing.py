@@ -42,6 +42,8 @@ from typing import Any, Dict, Tuple
 import jax
 import jax.numpy as jnp
 
+from mbpo_grad import guards
+
 PyTree = Any
 
 
@@ -57,17 +59,20 @@ def _masked_rows(x: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def sample_norms(tree: PyTree) -> jax.Array:
-    """[N] Euclidean norm of each sample's gradient (NaN where the sample is non-finite)."""
-    return jnp.sqrt(jnp.sum(jnp.square(_rows(tree)), axis=1))
+    """[N] norm of each sample's gradient (``guards.safe_global_norm`` per sample: no overflow
+    for exploding gradients; non-finite where the sample is)."""
+    return jax.vmap(guards.safe_global_norm)(tree)
 
 
-def fallback(pathwise: PyTree, score: PyTree, max_norm: Any) -> Tuple[PyTree, jax.Array]:
+def fallback(pathwise: PyTree, score: PyTree, max_norm: Any,
+             norms: Any = None) -> Tuple[PyTree, jax.Array]:
     """(pathwise with bad samples replaced by their score-function estimate, bad [N] bool).
 
     A pathwise sample is bad when it is non-finite, exactly zero (no pathwise signal: the
     dynamics or reward are flat in the action along that path) or its norm exceeds ``max_norm``.
+    ``norms``: the pathwise samples' ``sample_norms`` when the caller has them already.
     """
-    norms = sample_norms(pathwise)
+    norms = sample_norms(pathwise) if norms is None else norms
     bad = ~(jnp.isfinite(norms) & (norms > 0) & (norms <= max_norm))
 
     def pick(g1, g0):
@@ -110,17 +115,23 @@ def alpha_order(pathwise: PyTree, score: PyTree, mask: jax.Array, z: Any = 2.0) 
     return alpha, stats
 
 
-def mix(pathwise: PyTree, score: PyTree, mask: jax.Array, alpha: Any) -> PyTree:
-    """ĝ(α) = α ḡ1 + (1 − α) ḡ0, the means over ``mask`` (zeros where no sample is kept)."""
+def masked_mean(tree: PyTree, mask: jax.Array) -> PyTree:
+    """The mean over the samples where ``mask`` [N] holds (zeros where none is kept); masked-out
+    samples are selected away, so a NaN there reaches neither the value nor a gradient."""
     k = jnp.maximum(jnp.sum(mask), 1)
 
     def mean(g):
         m = jnp.reshape(mask, (mask.shape[0],) + (1,) * (g.ndim - 1))
         return jnp.sum(jnp.where(m, g, jnp.zeros_like(g)), axis=0) / k.astype(g.dtype)
 
+    return jax.tree_util.tree_map(mean, tree)
+
+
+def mix(pathwise: PyTree, score: PyTree, mask: jax.Array, alpha: Any) -> PyTree:
+    """ĝ(α) = α ḡ1 + (1 − α) ḡ0, the means over ``mask`` (zeros where no sample is kept)."""
     a = jnp.asarray(alpha)
-    return jax.tree_util.tree_map(lambda g1, g0: a.astype(g1.dtype) * mean(g1) + (1 - a).astype(g1.dtype) * mean(g0),
-                                  pathwise, score)
+    return jax.tree_util.tree_map(lambda g1, g0: a.astype(g1.dtype) * g1 + (1 - a).astype(g1.dtype) * g0,
+                                  masked_mean(pathwise, mask), masked_mean(score, mask))
 
 
-__all__ = ["sample_norms", "fallback", "alpha_order", "mix"]
+__all__ = ["sample_norms", "fallback", "alpha_order", "masked_mean", "mix"]

@@ -198,8 +198,9 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
         keep = jnp.isfinite(rets) & jnp.isfinite(n0) & (n0 <= skip_norm)
         max_env_norm = jnp.max(n0)
         if estimator == "auto":
-            max_env_norm = jnp.max(mixing.sample_norms(g1))                         # of the pathwise samples
-            g1, bad = mixing.fallback(g1, g0, skip_norm)
+            n1 = mixing.sample_norms(g1)
+            max_env_norm = jnp.max(n1)                                               # of the pathwise samples
+            g1, bad = mixing.fallback(g1, g0, skip_norm, norms=n1)
             alpha, extra = mixing.alpha_order(g1, g0, keep, hp.auto_z)
             n_fallback = jnp.sum(bad & keep)
             extra["fallback_envs"] = n_fallback.astype(jnp.int32)
@@ -208,7 +209,7 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
             grads = mixing.mix(g1, g0, keep, alpha)
         else:
             extra = {}
-            grads = mixing.mix(g0, g0, keep, 0.0)
+            grads = mixing.masked_mean(g0, keep)
         masked = (B - jnp.sum(keep)).astype(jnp.int32)
         loss = guards.masked_mean(jnp.where(keep, env_losses, jnp.nan))[0]
         return loss, grads, jax.lax.stop_gradient(traj), rets, keep, masked, max_env_norm, masked == B, extra
