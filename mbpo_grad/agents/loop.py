@@ -284,6 +284,16 @@ def _check_resume(resume, iterations, eval_every):
     return done, n_blocks
 
 
+def progress_line(name: str, it: int, iterations: int, last: Dict[str, float], eval_return: float,
+                  extra: str, steps_width: int = 9) -> str:
+    """An agent's progress line: ``[name] it i/N  env_steps …  train_return …  eval_return …  extra``
+    (``train_return`` is the mean return of finished training episodes, "n/a" before the first)."""
+    ret = last["episode_return"]
+    ret_s = "      n/a" if not np.isfinite(ret) else f"{ret:9.2f}"
+    return (f"[{name}] it {it:5d}/{iterations}  env_steps {int(last['env_steps']):{steps_width}d}  "
+            f"train_return {ret_s}  eval_return {eval_return:9.2f}  {extra}")
+
+
 def _default_line(it, iterations, last, eval_return):
     parts = [f"it {it:5d}/{iterations}"]
     for k in ("env_steps", "episode_return", "actor_loss", "critic_loss", "grad_norm", "skipped_updates",
@@ -296,4 +306,5 @@ def _default_line(it, iterations, last, eval_return):
     return "  ".join(parts)
 
 
-__all__ = ["TrainProgram", "make_train_fn", "make_sweep_fn", "run", "RunProgress", "eval_iterations", "eval_curves_over_seeds"]
+__all__ = ["TrainProgram", "make_train_fn", "make_sweep_fn", "run", "RunProgress", "eval_iterations", "eval_curves_over_seeds",
+           "progress_line"]

@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 from mbpo_grad import replay
-from mbpo_grad.agents import common, driver, hyperparams
+from mbpo_grad.agents import common, driver, hyperparams, loop
 from mbpo_grad.agents.common import Agent, TimedState
 from mbpo_grad.objectives import pathwise_returns
 
@@ -381,11 +381,8 @@ def make_agent(config: OffPolicyConfig, algo: OffPolicyAlgo, env, episode_length
 def describe_fn(agent: Agent, config: OffPolicyConfig):
     """The progress line of an off-policy agent."""
     def describe(it, last, ev):
-        ret = last["episode_return"]
-        ret_s = "      n/a" if not np.isfinite(ret) else f"{ret:9.2f}"
         extra = "  ".join(f"{k} {last[k]:9.3g}" for k in ("critic_loss", "actor_loss", "alpha") if k in last)
-        return (f"[{agent.name}] it {it:5d}/{config.iterations}  env_steps {int(last['env_steps']):8d}  "
-                f"train_return {ret_s}  eval_return {ev:9.2f}  {extra}")
+        return loop.progress_line(agent.name, it, config.iterations, last, ev, extra, steps_width=8)
 
     return describe
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Tuple
 
 import jax
-import numpy as np
 
 from mbpo_grad.agents import common, driver, loop
 from mbpo_grad.agents.common import Agent
@@ -37,12 +36,9 @@ def make_sweep_fn(config: PPOConfig, *, env=None, policy: Optional[Policy] = Non
 
 def _describe(agent: Agent, config: PPOConfig):
     def describe(it, last, ev):
-        ret = last["episode_return"]
-        ret_s = "      n/a" if not np.isfinite(ret) else f"{ret:9.2f}"
-        return (f"[{agent.name}] it {it:5d}/{config.iterations}  env_steps {int(last['env_steps']):9d}  "
-                f"train_return {ret_s}  eval_return {ev:9.2f}  kl {last['approx_kl']:8.2g}  "
-                f"clip_frac {last['clip_fraction']:5.2f}  entropy {last['entropy']:7.3f}  "
-                f"skipped {int(last['total_skipped'])}")
+        return loop.progress_line(agent.name, it, config.iterations, last, ev,
+                                  f"kl {last['approx_kl']:8.2g}  clip_frac {last['clip_fraction']:5.2f}  "
+                                  f"entropy {last['entropy']:7.3f}  skipped {int(last['total_skipped'])}")
 
     return describe
 

@@ -70,11 +70,9 @@ class SkipHealth(driver.Health):
 
 def _describe(agent: Agent, config: SHACConfig):
     def describe(it, last, ev):
-        ret = last["episode_return"]
-        ret_s = "      n/a" if not np.isfinite(ret) else f"{ret:9.2f}"
-        return (f"[{agent.name}] it {it:5d}/{config.iterations}  env_steps {int(last['env_steps']):9d}  "
-                f"train_return {ret_s}  eval_return {ev:9.2f}  grad_norm {last['grad_norm']:8.3g}  "
-                f"skipped {int(last['total_skipped'])}  masked_envs {int(last['masked_envs'])}")
+        return loop.progress_line(agent.name, it, config.iterations, last, ev,
+                                  f"grad_norm {last['grad_norm']:8.3g}  skipped {int(last['total_skipped'])}  "
+                                  f"masked_envs {int(last['masked_envs'])}")
 
     return describe
 
