@@ -22,6 +22,7 @@ Goal (issue 8): ≤ 30 s from start to the first finished update on a 2-core CPU
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -119,7 +120,7 @@ def main(argv=None) -> dict:
     p.add_argument("--env", default="cartpole", help="environment name for envs.make (default cartpole)")
     p.add_argument("--with-eval", action="store_true", help="also time the driver's first block (compiles evaluation)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per agent (default 300)")
-    p.add_argument("--child", default=None, help=argparse_hidden())
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(child(args.child, args.env, args.with_eval, args.tiny)), flush=True)
@@ -149,12 +150,6 @@ def main(argv=None) -> dict:
     C.write_json(args.out, payload)
     print(payload["markdown"])
     return payload
-
-
-def argparse_hidden():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

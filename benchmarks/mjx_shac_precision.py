@@ -32,6 +32,7 @@ over iterations and its per-iteration max); and the dtype of the trained policy 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -166,9 +167,9 @@ def main(argv=None) -> dict:
         p.add_argument("--" + k.replace("_", "-"), type=type(v), default=None, help=f"default {v}")
     p.add_argument("--last", type=int, default=5, help="also report the mean of the last LAST evaluations")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per run (default 900)")
-    p.add_argument("--child", default=None, choices=PRECISIONS, help=argparse_hidden())
-    p.add_argument("--cache-dir", default=None, help=argparse_hidden())
-    p.add_argument("--settings", default=None, help=argparse_hidden())
+    p.add_argument("--child", default=None, choices=PRECISIONS, help=argparse.SUPPRESS)
+    p.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--settings", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(child(args.child, [int(s) for s in args.seeds.split(",")], json.loads(args.settings),
@@ -226,12 +227,6 @@ def main(argv=None) -> dict:
     print("Mean over seeds:")
     print(payload["markdown_summary"])
     return payload
-
-
-def argparse_hidden():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":
