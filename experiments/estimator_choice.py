@@ -32,7 +32,9 @@ run folder.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import time
 from typing import Any, Dict, Optional, Sequence
 
@@ -41,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import rundir
-from mbpo_grad.agents import ppo, shac
+from mbpo_grad.agents import common, ppo, shac
 
 ARMS = ("shac", "auto", "score", "adaptive", "ppo", "reinforce")
 SHAC_ARMS = ("shac", "auto", "score", "adaptive")
@@ -72,8 +74,6 @@ def _optimum(env_name: str) -> Optional[float]:
 def _configs(arm: str, env: str, iterations: int, num_envs: int, horizon: int, evals: int,
              shac_kw: Dict[str, Any], ppo_kw: Dict[str, Any], shac_steps: Optional[int]):
     limit = EPISODE_LENGTH.get(env)
-    from mbpo_grad.agents import common
-    horizon = min(horizon, limit or common.make_env(env).episode_length)   # e.g. switching_cart: 6 steps
     if arm in SHAC_ARMS:
         est = {"shac": "pathwise", "auto": "auto", "score": "score", "adaptive": "pathwise"}[arm]
         return shac.SHACConfig(env=env, estimator=est, num_envs=num_envs, horizon=horizon, iterations=iterations,
@@ -96,7 +96,7 @@ def _run(config, seeds: Sequence[int]) -> Dict[str, Any]:
     _, metrics, evals = jax.device_get(fn(keys, config.hparams()))
     evals = np.asarray(evals)
     steps = np.asarray(metrics["env_steps"][0])
-    eval_its = np.minimum(np.arange(1, evals.shape[1] + 1) * config.eval_every, config.iterations)
+    eval_its = common.eval_iterations(config.iterations, config.eval_every)
     out = {"config": dataclasses.asdict(config), "env_steps": int(steps[-1]),
            "eval_env_steps": steps[eval_its - 1].tolist(), "eval_return": evals.tolist(),
            "final": evals[:, -2:].mean(1).tolist(), "wall_s": time.perf_counter() - t0}
@@ -121,21 +121,22 @@ def compare(envs: Sequence[str], arms: Sequence[str], seeds: Sequence[int], *, i
     result = {"seeds": list(seeds), "arms": list(arms), "envs": {}}
     for env in envs:
         rows, shac_steps = {}, None
+        result["envs"][env] = {"optimum": _optimum(env), "arms": rows}     # filled arm by arm
+        limit = EPISODE_LENGTH.get(env) or common.make_env(env).episode_length
+        window = min(horizon, limit)                                       # e.g. switching_cart: 6 steps
         for arm in sorted(arms, key=lambda a: a in ("ppo", "reinforce")):
-            cfg = _configs(arm, env, iterations, num_envs, horizon, evals, shac_kw, ppo_kw, shac_steps)
+            cfg = _configs(arm, env, iterations, num_envs, window, evals, shac_kw, ppo_kw, shac_steps)
             if verbose:
                 print(f"{env}: {arm} ({type(cfg).__name__}, {cfg.iterations} iterations) ...", flush=True)
             rows[arm] = _run(cfg, seeds)
             if arm in SHAC_ARMS:
                 shac_steps = max(shac_steps or 0, rows[arm]["env_steps"])
-            result["envs"][env] = {"optimum": _optimum(env), "arms": rows}
             if save is not None:
                 save(result)
             if verbose:
                 f = np.asarray(rows[arm]["final"])
                 print(f"  final {f.mean():.2f} ± {f.std(ddof=1) / np.sqrt(len(f)) if len(f) > 1 else 0:.2f} "
                       f"({rows[arm]['env_steps']} env steps, {rows[arm]['wall_s']:.0f} s)", flush=True)
-        result["envs"][env] = {"optimum": _optimum(env), "arms": rows}
     return result
 
 
@@ -229,8 +230,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                     ("--horizon", args.horizon)):
         if v is not None and v < 1:
             p.fail(f"{flag} must be >= 1, got {v}")
-    import json
-    import os
     if args.eval_envs is not None and args.eval_envs < 1:
         p.fail(f"--eval-envs must be >= 1, got {args.eval_envs}")
     out = rundir.new_run_dir("estimator_choice", out=args.out)
