@@ -11,6 +11,9 @@ Arms (each with its agent's defaults; nothing is tuned per env):
 * ``score``: SHAC's windows with the score-function estimate only (``estimator="score"``).
 * ``adaptive``: SHAC, pathwise, with ``adaptive_horizon=True`` (the actor's window halves where a
   per-env gradient norm exceeds ``horizon_norm_limit``; its mean over seeds is saved per iteration).
+* ``dpmb``: SHAC with ``estimator="dpmb_sf"`` (pathwise with the sampled modes held fixed plus
+  the modes' score terms), only on envs that expose discrete modes (``envs.base.hybrid_modes``:
+  the switching cart); skipped elsewhere.
 * ``ppo``: ``agents.ppo`` defaults; ``reinforce``: ``ppo.reinforce_config`` (REINFORCE with a learned
   baseline). Their iterations are set so that they take at least SHAC's environment steps.
 
@@ -44,13 +47,14 @@ import numpy as np
 
 from experiments import rundir
 from mbpo_grad.agents import common, ppo, shac
+from mbpo_grad.envs import base as envs_base
 
-ARMS = ("shac", "auto", "score", "adaptive", "ppo", "reinforce")
-SHAC_ARMS = ("shac", "auto", "score", "adaptive")
+ARMS = ("shac", "auto", "score", "adaptive", "dpmb", "ppo", "reinforce")
+SHAC_ARMS = ("shac", "auto", "score", "adaptive", "dpmb")
 # time limits other than the env's own: Brax's inverted pendulum at 200 steps, as in
 # benchmarks/vs_brax_apg.py (its own reward, +1 per step while the pole is up: 200 is the maximum)
 EPISODE_LENGTH = {"brax:inverted_pendulum": 200, "brax:halfcheetah": 200}
-FIXED = ("shac", "score", "ppo", "reinforce")
+FIXED = ("shac", "score", "dpmb", "ppo", "reinforce")
 
 PRESETS = {
     "default": dict(envs=("quantized_thruster", "cartpole"), arms=("shac", "auto", "ppo", "reinforce"), seeds=4,
@@ -75,7 +79,7 @@ def _configs(arm: str, env: str, iterations: int, num_envs: int, horizon: int, e
              shac_kw: Dict[str, Any], ppo_kw: Dict[str, Any], shac_steps: Optional[int]):
     limit = EPISODE_LENGTH.get(env)
     if arm in SHAC_ARMS:
-        est = {"shac": "pathwise", "auto": "auto", "score": "score", "adaptive": "pathwise"}[arm]
+        est = {"shac": "pathwise", "auto": "auto", "score": "score", "adaptive": "pathwise", "dpmb": "dpmb_sf"}[arm]
         return shac.SHACConfig(env=env, estimator=est, num_envs=num_envs, horizon=horizon, iterations=iterations,
                                eval_every=max(1, iterations // evals), episode_length=limit,
                                adaptive_horizon=arm == "adaptive", **shac_kw)
@@ -86,6 +90,14 @@ def _configs(arm: str, env: str, iterations: int, num_envs: int, horizon: int, e
     unroll = horizon
     its = iterations if shac_steps is None else max(1, math.ceil(shac_steps / (num_envs * unroll)))
     return make(env, num_envs=num_envs, unroll_length=unroll, iterations=its, eval_every=max(1, its // evals), **kw)
+
+
+def _has_modes(env_name: str) -> bool:
+    try:
+        envs_base.hybrid_modes(common.make_env(env_name))
+    except ValueError:
+        return False
+    return True
 
 
 def _run(config, seeds: Sequence[int]) -> Dict[str, Any]:
@@ -125,6 +137,10 @@ def compare(envs: Sequence[str], arms: Sequence[str], seeds: Sequence[int], *, i
         limit = EPISODE_LENGTH.get(env) or common.make_env(env).episode_length
         window = min(horizon, limit)                                       # e.g. switching_cart: 6 steps
         for arm in sorted(arms, key=lambda a: a in ("ppo", "reinforce")):
+            if arm == "dpmb" and not _has_modes(env):
+                if verbose:
+                    print(f"{env}: dpmb skipped (the env exposes no discrete modes)", flush=True)
+                continue
             cfg = _configs(arm, env, iterations, num_envs, window, evals, shac_kw, ppo_kw, shac_steps)
             if verbose:
                 print(f"{env}: {arm} ({type(cfg).__name__}, {cfg.iterations} iterations) ...", flush=True)

@@ -15,6 +15,12 @@ deterministic and ignores it). ``xi`` is always standard normal, N(0, I): the ag
 ``evaluate_policy`` and the engine's callers draw it so, and an env that needs another
 noise transforms it (``switching_cart`` turns it into Gumbel noise through Φ).
 
+A system with a discrete random mode z_t (a hybrid system, e.g. ``switching_cart``) can
+expose it for the DPMB-SF estimator in ``info`` (``hybrid_modes``):
+
+    info["mode_logits"](state, action) -> [K]   log p(z | s, a) up to a constant
+    info["mode"](state, action, xi) -> int      the mode ``step(state, action, xi)`` takes
+
 ``check_env(env)`` traces every function once with ``jax.eval_shape`` and checks the
 shapes and dtypes above against ``obs_size`` / ``action_size`` (agents call it on a
 user's env).
@@ -135,3 +141,29 @@ def check_env(env: "Env") -> "Env":
             if not (d.dtype == jnp.bool_ or jnp.issubdtype(d.dtype, jnp.number)):
                 raise ValueError(f"env.done must return a bool scalar, got dtype {d.dtype}")
     return env
+
+
+def hybrid_modes(env: "Env") -> Tuple[Callable[[Any, Any], Any], Callable[[Any, Any, Any], Any]]:
+    """(mode_logits, mode) of an env with a discrete random mode (module docstring), checked.
+
+    Traces both once on the env's shapes: ``mode_logits(s, a)`` must return [K] floats and
+    ``mode(s, a, xi)`` an integer scalar. Raises ``ValueError`` naming ``env.info`` when the
+    env does not expose them (its modes are then invisible to the estimator)."""
+    info = env.info if isinstance(env.info, dict) else {}
+    fns = info.get("mode_logits"), info.get("mode")
+    if not all(callable(f) for f in fns):
+        raise ValueError(f"env.info: {env.name!r} does not expose its discrete modes; DPMB-SF needs callables "
+                         f"env.info['mode_logits'](state, action) -> [K] and env.info['mode'](state, action, xi) "
+                         f"-> int (envs.base)")
+    s = jax.eval_shape(env.reset, jax.random.PRNGKey(0))
+    dtype = jax.tree_util.tree_leaves(s)[0].dtype
+    a = jax.ShapeDtypeStruct((env.action_size,), dtype)
+    xi = None if tuple(env.noise_shape) == () else jax.ShapeDtypeStruct(tuple(env.noise_shape), dtype)
+    logits = trace_call("env.info['mode_logits']", fns[0], s, a)
+    if len(logits.shape) != 1 or not jnp.issubdtype(logits.dtype, jnp.floating):
+        raise ValueError(f"env.info['mode_logits'](state, action) must return [K] floats, got {logits.shape} "
+                         f"{logits.dtype}")
+    z = trace_call("env.info['mode']", fns[1], s, a, xi)
+    if z.shape != () or not jnp.issubdtype(z.dtype, jnp.integer):
+        raise ValueError(f"env.info['mode'](state, action, xi) must return an integer scalar, got {z.shape} {z.dtype}")
+    return fns

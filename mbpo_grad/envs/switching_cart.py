@@ -20,7 +20,9 @@ Engine form: ``step(s, a, xi)`` with xi ~ N(0, I) of shape [2], the noise every
 agent draws for an env's ``noise_shape`` (``envs.base``); it is turned into
 standard Gumbel noise g = −log(−log Φ(xi)) and the mode is z = argmax(logits + g),
 an exact draw (Gumbel-max). ``mode_logits`` / ``step_mode`` are the pieces
-``hybrid_unroll`` uses (it takes the Gumbel noise itself).
+``hybrid_unroll`` uses (it takes the Gumbel noise itself); ``info["mode_logits"]`` and
+``info["mode"]`` (``sampled_mode``) expose the mode to agents (``envs.base.hybrid_modes``; SHAC's
+``estimator="dpmb_sf"``).
 """
 from __future__ import annotations
 
@@ -60,14 +62,19 @@ def gumbel_from_normal(xi):
     return -log_neg_log_ndtr(xi)
 
 
+def sampled_mode(state, action, xi):
+    """The mode ``step`` takes: z = argmax(ℓ + g), g = Gumbel noise from xi ~ N(0, I) [2] (Gumbel-max,
+    an exact draw from softmax(ℓ)); xi None: the likelier mode. No gradient (an integer)."""
+    logits = jax.lax.stop_gradient(mode_logits(state, action))
+    return jnp.argmax(logits if xi is None else logits + gumbel_from_normal(jax.lax.stop_gradient(xi)))
+
+
 def step(state, action, xi):
-    """Sample the mode from xi ~ N(0, I) [2] (as Gumbel noise, Gumbel-max) and step; xi None: the likelier mode.
+    """Sample the mode from xi ~ N(0, I) [2] (``sampled_mode``) and step; xi None: the likelier mode.
 
     Before the fifth session ``xi`` was read as Gumbel noise directly, while the agents feed every
     env N(0, I): under the agents sticking had probability Φ(ℓ/√2), not sigmoid(ℓ)."""
-    logits = jax.lax.stop_gradient(mode_logits(state, action))
-    mode = jnp.argmax(logits if xi is None else logits + gumbel_from_normal(jax.lax.stop_gradient(xi)))
-    return step_mode(state, action, mode)
+    return step_mode(state, action, sampled_mode(state, action, xi))
 
 
 def reward(state, action):
@@ -85,6 +92,6 @@ def make(episode_length: int = 6) -> Env:
     def observe(state):
         return state
 
-    info = {"mode_logits": mode_logits, "step_mode": step_mode, "num_modes": NUM_MODES}
+    info = {"mode_logits": mode_logits, "mode": sampled_mode, "step_mode": step_mode, "num_modes": NUM_MODES}
     return Env("switching_cart", 2, 1, episode_length, reset, step, reward, observe,
                done=None, noise_shape=(NUM_MODES,), info=info)

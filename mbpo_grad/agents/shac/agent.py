@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from mbpo_grad import critics as C
-from mbpo_grad import guards, mixing
+from mbpo_grad import guards, mixing, rollout
 from mbpo_grad import normalizer as N
 from mbpo_grad.agents import common
 from mbpo_grad.agents.common import Agent, TimedState
@@ -25,6 +25,7 @@ from mbpo_grad.agents.shac import losses
 from mbpo_grad.agents.shac.config import HParams, SHACConfig, validate
 from mbpo_grad.agents.shac.losses import ActorBatch
 from mbpo_grad.agents.shac.networks import default_policy, make_act, value_critic
+from mbpo_grad.envs import base as envs_base
 from mbpo_grad.policies.base import Policy
 
 PyTree = Any
@@ -66,12 +67,15 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
     policy = common.policy_for(env, policy, lambda: default_policy(config, env.obs_size, env.action_size))
     stochastic = tuple(policy.noise_shape) != (0,)
     estimator = config.estimator
-    if estimator != "pathwise" and not stochastic:
+    if estimator in ("score", "auto") and not stochastic:
         raise ValueError(f"estimator={estimator!r} needs a stochastic policy with a density (noise_shape != (0,)), "
                          f"got policy {policy.name!r} with noise_shape {tuple(policy.noise_shape)}")
     dyn_noise = tuple(env.noise_shape) != ()
+    if estimator == "dpmb_sf":
+        mode_logits, mode_of = envs_base.hybrid_modes(env)
     critic = value_critic(config, env.obs_size)
     step, reward, done, terminal = common.timed_env(env, episode_length)
+    uses_next = bool(getattr(reward, "uses_next_state", False))   # r_t reads s_{t+1} (a transition reward)
     n_mb = int(config.critic_minibatches)
     mb_size = (n * B) // n_mb
     critic_steps = int(config.critic_iterations) * n_mb
@@ -118,10 +122,30 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
     def env_window(pp, ts0, eps, xi, stats, target_params, gamma, cut):
         """One env's window (no batch axis): (J, its trajectory); see ``actor_objective``."""
         value = (lambda ts: critic.apply(target_params, observe(stats, ts))) if config.use_critic else None
-        return losses.window_return(
+        ret, traj = losses.window_return(
             lambda params, ts, e: policy.sample(params, observe(stats, ts), e), pp, step, reward, done, ts0,
             horizon=n, gamma=gamma, value=value, terminal=terminal, policy_noise=eps, dynamics_noise=xi,
             remat=remat, cut=cut)
+        if estimator == "dpmb_sf":  # + the modes' score terms (zero in value): J's gradient becomes DPMB-SF's
+            ret = ret + mode_scores(traj, ret, xi, stats, target_params, gamma, cut)
+        return ret, traj
+
+    def mode_scores(traj, ret, xi, stats, target_params, gamma, cut):
+        """``losses.mode_score_term`` of one env's window: ℓ_t = log p(z_t | s_t, a_t) at the mode
+        z_t its step took, through the window's states and actions (stop-gradient at dead steps)."""
+        live = traj.alive[:n] > 0
+        s_t = rollout.gate_gradient(live, jax.tree_util.tree_map(lambda x: x[:n], traj.states))
+        a_t = rollout.gate_gradient(live, traj.actions[:n])
+        xs = jax.tree_util.tree_map(jax.lax.stop_gradient, (s_t.env_state, a_t, xi))
+
+        def log_p(ts, a, ts_sg, a_sg, x):
+            z = mode_of(ts_sg, a_sg, x)
+            return jax.nn.log_softmax(mode_logits(ts.env_state, a))[z]
+
+        lp = jax.vmap(log_p)(s_t, a_t, *xs)
+        base = jax.vmap(lambda ts: critic.apply(target_params, observe(stats, ts)))(s_t) if config.use_critic else None
+        return losses.mode_score_term(lp, traj.rewards, traj.alive, ret, None if base is None else
+                                      jax.lax.stop_gradient(base), gamma, reward_uses_next_state=uses_next, cut=cut)
 
     def actor_objective(pp, batch: ActorBatch, return_traj: bool = False):
         """J_b [B], the per-env window objective the actor step ascends (loss −mean_b J_b / n):
@@ -216,7 +240,7 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
 
     def actor_gradient(params, batch, hp):
         """(loss, grads, traj, rets, keep [B], masked, max_env_norm, all_masked, extra metrics)."""
-        if estimator != "pathwise":
+        if estimator in ("score", "auto"):
             return mixed_gradient(params, batch, hp)
         if per_env:
             (env_losses, (traj, rets)), env_grads = per_env_pathwise(params, batch)

@@ -17,7 +17,7 @@ from mbpo_grad.agents.hyperparams import traced
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
 GUARDS = ("per_env", "batch")
-ESTIMATORS = ("pathwise", "score", "auto")
+ESTIMATORS = ("pathwise", "score", "auto", "dpmb_sf")
 
 
 @hyperparams.derive
@@ -56,7 +56,13 @@ class SHACConfig(hyperparams.Config):
       ``auto_z``; pathwise samples that are zero, non-finite or above ``max_grad_norm_to_skip``
       fall back to the env's score-function estimate); α and the variances are logged each
       update. "score" and "auto" need a policy with a density (default: a tanh Gaussian with a
-      free log σ, ``actor_hidden``) and ``guard="per_env"``.
+      free log σ, ``actor_hidden``) and ``guard="per_env"``. "dpmb_sf": for an env with a
+      discrete random mode (``envs.base.hybrid_modes``: ``env.info["mode_logits"]`` and
+      ``env.info["mode"]``, e.g. the switching cart), the pathwise gradient with the sampled
+      modes held fixed plus the score terms of the modes, Σ_t ∇log p(z_t|s_t, a_t)(C_t − γ^t b_t)
+      (``losses.mode_score_term``; DPMB-SF, ``docs/theory.md`` §3): unbiased where the pathwise
+      gradient alone misses how the policy moves the mode probabilities. Any policy (default
+      the deterministic one), either guard.
     adaptive_horizon: shorten the actor's window where its pathwise gradient explodes. The
       actor differentiates J_h, the first h ≤ n steps of each window bootstrapped with
       γ^h V'(s_h) (``losses.window_return(cut=h)``; the env still steps n and the critic fits
@@ -157,7 +163,7 @@ def validate(config: SHACConfig, env=None) -> Tuple[Any, int]:
         raise ValueError(f"guard must be one of {GUARDS}, got {config.guard!r}")
     if config.estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {config.estimator!r}")
-    if config.estimator != "pathwise" and config.guard != "per_env":
+    if config.estimator in ("score", "auto") and config.guard != "per_env":
         raise ValueError(f"estimator={config.estimator!r} needs guard='per_env' (it mixes or masks per-env "
                          f"gradients), got guard={config.guard!r}")
     if not isinstance(config.adaptive_horizon, bool):

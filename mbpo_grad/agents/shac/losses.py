@@ -167,6 +167,42 @@ def score_window_loss(log_probs: jax.Array, rewards: jax.Array, alive: jax.Array
     return -jnp.sum(adv * lp) / horizon
 
 
+def mode_score_term(mode_log_probs: jax.Array, rewards: jax.Array, alive: jax.Array, ret: jax.Array,
+                    baseline: Optional[jax.Array], gamma: Any, *, reward_uses_next_state: bool,
+                    cut: Optional[jax.Array] = None) -> jax.Array:
+    """The DPMB-SF score terms of one env's window (``estimator="dpmb_sf"``); zero in value:
+
+        S = Σ_{t<n} alive_t (ℓ_t − sg(ℓ_t)) · sg(C_t − γ^t b_t),
+        C_t = J − Σ_{k<t} γ^k r_k − [r_t = r(s_t, a_t)] γ^t r_t,
+
+    ℓ_t = log p(z_t | s_t, a_t), the probability of the sampled discrete mode as a function of θ
+    through s_t and a_t (the total derivative: the states are the pathwise window's), J the
+    window return with its bootstraps. C_t is every term of J that z_t can move: the rewards
+    after step t and the bootstraps, plus r_t itself when the reward reads s_{t+1}
+    (``reward_uses_next_state``). b_t = V'(o_t) − [r_t = r(s_t, a_t)] r_t (or 0 without a critic)
+    depends on s_t and a_t only. ∇(J + S), with J differentiated at the sampled modes held
+    fixed, is the unbiased DPMB-SF gradient of E[J] (``score_function.dpmb_sf_surrogate``,
+    ``docs/theory.md`` §3); ∇J alone misses how θ moves the mode probabilities.
+
+    mode_log_probs [n] (differentiable), rewards [n] (zero after the episode's end), alive [n+1],
+    ret: J (held fixed), baseline [n] V'(o_t) or None; ``cut`` = h: only steps t < h (J_h).
+    """
+    n = rewards.shape[0]
+    disc = gamma ** jnp.arange(n, dtype=rewards.dtype)
+    dr = disc * rewards
+    before = jnp.cumsum(dr) - dr                       # Σ_{k<t} γ^k r_k
+    own = jnp.zeros_like(dr) if reward_uses_next_state else dr
+    factor = ret - before - own
+    if baseline is not None:
+        factor = factor - (disc * baseline - own)
+    live = alive[:n] > 0
+    if cut is not None:
+        live = live & (jnp.arange(n) < cut)
+    factor = jnp.where(live, jax.lax.stop_gradient(factor), 0.0)
+    lp = jnp.where(live, mode_log_probs, 0.0)
+    return jnp.sum(factor * (lp - jax.lax.stop_gradient(lp)))
+
+
 def per_env_grads(actor_objective, policy_params: PyTree, batch: ActorBatch) -> Tuple[jax.Array, PyTree]:
     """(J [B], ∇_θ J_b with a leading axis B): each env's objective and its own gradient
     (``common.per_sample_grads``): the gradients ``update``'s per-env guard averages (it descends
@@ -189,5 +225,6 @@ def critic_loss(critic, params: PyTree, obs: jax.Array, targets: jax.Array, weig
     return C.v_loss(critic, params, obs, targets, weights)
 
 
-__all__ = ["ActorBatch", "truncation_bootstrap", "window_return", "actor_loss", "score_window_loss", "per_env_grads",
+__all__ = ["ActorBatch", "truncation_bootstrap", "window_return", "actor_loss", "score_window_loss", "mode_score_term",
+           "per_env_grads",
            "critic_targets", "critic_loss"]

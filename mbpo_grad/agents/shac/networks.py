@@ -25,7 +25,7 @@ def default_policy(config: SHACConfig, obs_size: int, action_size: int) -> Polic
     """The policy ``make_agent`` builds when none is given: a deterministic tanh MLP (``actor_hidden``);
     for ``estimator="score"/"auto"`` (which need a density) a tanh Gaussian whose log σ is a free
     vector starting at 0 (σ = 1 before the squash)."""
-    if config.estimator != "pathwise":
+    if config.estimator in ("score", "auto"):
         return gaussian(obs_size, action_size, config.actor_hidden, state_dependent_std=False)
     return deterministic(obs_size, action_size, config.actor_hidden)
 
