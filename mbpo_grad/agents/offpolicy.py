@@ -56,6 +56,12 @@ class OffPolicyAlgo(NamedTuple):
     actor_batch(learner, buffer, hp, key) -> batch    a batch drawn as ``learn`` draws one for an
                                                      actor step (``Agent.actor_batch``); both None
                                                      for an algorithm that does not expose them
+    behaviour_log_prob(learner, obs [B, d], actions [B, a], hp) -> [B]
+                                                     optional: log μ(a|s) of ``act``'s actions under the
+                                                     behaviour policy, evaluated at the stored action;
+                                                     when given, the buffer keeps it per transition
+                                                     (field ``behaviour_log_prob``; the uniform warm-up
+                                                     actions get −act_dim·log 2), for importance weights
 
     ``greedy(learner, obs, hp)`` is the evaluation policy on a learner: eval_act ∘ policy_params.
     """
@@ -70,6 +76,7 @@ class OffPolicyAlgo(NamedTuple):
     eval_act: Callable
     actor_objective: Optional[Callable] = None
     actor_batch: Optional[Callable] = None
+    behaviour_log_prob: Optional[Callable] = None
 
     def greedy(self, learner, obs, hp):
         """The evaluation action for one observation ``obs`` [d] of a learner (no exploration)."""
@@ -262,11 +269,14 @@ def env_terminal(env, s):
     return jnp.asarray(env.done(s), bool)
 
 
-def transition_example(env) -> Dict[str, jax.Array]:
-    """One replay item (shapes and dtypes) for ``env``."""
+def transition_example(env, behaviour_log_prob: bool = False) -> Dict[str, jax.Array]:
+    """One replay item (shapes and dtypes) for ``env``; ``behaviour_log_prob`` adds that scalar field."""
     obs = jnp.zeros((env.obs_size,), jnp.float32)
-    return {"obs": obs, "action": jnp.zeros((env.action_size,), jnp.float32), "reward": jnp.zeros((), jnp.float32),
+    item = {"obs": obs, "action": jnp.zeros((env.action_size,), jnp.float32), "reward": jnp.zeros((), jnp.float32),
             "next_obs": obs, "discount": jnp.zeros((), jnp.float32)}
+    if behaviour_log_prob:
+        item["behaviour_log_prob"] = jnp.zeros((), jnp.float32)
+    return item
 
 
 def sample_batches(buffer, key, num: int, batch_size: int):
@@ -293,7 +303,7 @@ def make_agent(config: OffPolicyConfig, algo: OffPolicyAlgo, env, episode_length
     def init(key, hp):
         k_learn, k_env = jax.random.split(key)
         learner = algo.init(k_learn, hp)
-        buf = replay.init(int(config.buffer_size), transition_example(env))
+        buf = replay.init(int(config.buffer_size), transition_example(env, algo.behaviour_log_prob is not None))
         ts = common.reset_timed(env, jax.random.split(k_env, B))
         zeros = jnp.zeros((B,), jnp.float32)
         return OffPolicyState(learner, buf, ts, algo.explore_init(B), zeros, zeros, jnp.zeros((B,), bool),
@@ -315,6 +325,9 @@ def make_agent(config: OffPolicyConfig, algo: OffPolicyAlgo, env, episode_length
         next_obs = jax.vmap(env.observe)(s_next).astype(jnp.float32)
         tr = {"obs": obs, "action": a, "reward": r, "next_obs": next_obs,
               "discount": 1.0 - term.astype(jnp.float32)}
+        if algo.behaviour_log_prob is not None:  # log μ(a|s): uniform on [−1, 1]^act_dim during warm-up
+            lp = algo.behaviour_log_prob(learner, obs, a_explore, hp)
+            tr["behaviour_log_prob"] = jnp.where(env_steps < warmup, -act_dim * np.log(2.0), lp).astype(jnp.float32)
         ended = term | trunc
         acc = ep_ret + r
         last_ret = jnp.where(ended, acc, last_ret)

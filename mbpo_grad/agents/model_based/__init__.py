@@ -43,6 +43,23 @@ actor-critic") and SVG(n) (Heess et al. 2015). One iteration (``offpolicy``'s sh
    Small at the default ``real_ratio``; it grows in proportion to it.
 4. evaluate — the policy's mode (ε = None) on ``eval_envs`` real episodes.
 
+SVG(1) on replayed data (``svg="replay"``; SVG(1)-ER, Heess et al. 2015, docs/theory.md §4):
+step 3's actor works on M stored transitions (s, a, r, s', d) instead of model rollouts. The
+current policy and the fitted model infer the noise that reproduces each one, ε̂ = π⁻¹(a; s) and
+ξ̂ = f̂⁻¹(s', r; s, a) of a random elite, held fixed (``svg.replay_noise``); the actor ascends
+
+    mean_b ρ̄_b J_b,   J_b = r̂_b − α log π(â_b|s_b) + γ d_b V'(ŝ'_b),   â_b = π(s_b, ε̂_b; w),
+    (ŝ'_b, r̂_b) = f̂(s_b, â_b, ξ̂_b),   ρ̄_b = min(π_w(a_b|s_b) / μ(a_b|s_b), ``replay_cap``)
+
+(``svg.svg_replay_returns``; the values equal the stored ones, the derivatives are pathwise;
+horizon 1, so no 1/n). The buffer then stores the behaviour policy's log-density of each action
+(``behaviour_log_prob``, at the stored float32 action; −act_dim·log 2 in the uniform warm-up),
+so the weights are exact importance ratios up to the truncation. The critic regresses on the
+same transitions' real one-step targets, weighted by ρ̄ (no model targets, ``real_ratio``
+unused). With ``entropy`` the soft V critic takes the −α log π bonus at s_b only. The per-sample
+objective ``Agent.actor_objective`` is then ρ̄_b J_b on a ``ReplayBatch``. Metric
+``replay_weight``: the mean ρ̄ of the actor batches.
+
 Observations: the model, the policy and the critic all work on observation vectors
 ``env.observe(state)`` (pendulum: the state is [θ, θ̇], the observation [cos θ, sin θ, θ̇]), so
 analytic and Brax envs go through the same code. The policy and critic see observations
@@ -66,7 +83,8 @@ The package, one idea per file:
     networks.py   the default policy, the value critic, the model, the evaluation policy (make_act_for)
     data.py       what learn reads from the buffer: the model's fit set, the observation statistics
     losses.py     ActorBatch, the n-step rollout objective J_n (V' bootstrap, entropy), actor loss,
-                  the critic's model / real targets and its loss
+                  the critic's model / real targets and its loss; ReplayBatch and the replayed
+                  one-step objective of svg="replay" (replay_return, replay_critic_loss)
     agent.py      MBLearner, make_algo (the OffPolicyAlgo: learn = fit + actor / critic steps,
                   actor_objective, actor_batch) and make_agent
     train.py      train / run (through ``offpolicy`` and ``agents.driver``), make_train_fn
@@ -75,12 +93,13 @@ from mbpo_grad.agents.model_based.agent import (MBLearner, actor_optimizer, lear
                                                 update_keys)
 from mbpo_grad.agents.model_based.config import HParams, ModelBasedConfig, check_hparams, check_obs_fns, validate
 from mbpo_grad.agents.model_based.data import buffer_obs_stats, fit_data, fit_indices
-from mbpo_grad.agents.model_based.losses import ActorBatch, actor_loss, rollout_return
+from mbpo_grad.agents.model_based.losses import ActorBatch, ReplayBatch, actor_loss, replay_return, rollout_return
 from mbpo_grad.agents.model_based.networks import (_model_for, _policy_for, default_model, default_policy,  # noqa: F401
                                                    make_act_for, normalised_policy, value_critic)
 from mbpo_grad.agents.model_based.train import _split_kw, make_train_fn, run, train  # noqa: F401
 
-__all__ = ["ModelBasedConfig", "HParams", "MBLearner", "ActorBatch", "fit_indices", "buffer_obs_stats", "fit_data",
+__all__ = ["ModelBasedConfig", "HParams", "MBLearner", "ActorBatch", "ReplayBatch", "replay_return",
+           "fit_indices", "buffer_obs_stats", "fit_data",
            "validate", "check_hparams", "check_obs_fns", "make_algo", "make_agent", "make_train_fn", "run", "train",
            "make_act_for", "normalised_policy", "default_policy", "default_model", "value_critic", "rollout_return",
            "actor_loss", "actor_optimizer", "learn_keys", "update_keys"]

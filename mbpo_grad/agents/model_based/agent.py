@@ -10,6 +10,14 @@
       actor_step    value_and_grad of −mean_b J_b / n (``actor_objective``), guarded, clipped, Adam
       critic_step   TD(λ) targets of the same rollouts and one-step real targets, ``critic_iterations``
                     Adam steps, then V' ← polyak(V', V, τ)
+
+With ``svg="replay"`` the update is instead (``replay_batch``, ``replay_objective``, ``replay_critic_step``):
+
+      actor_batch   M stored transitions with their behaviour log-densities, an elite slot each,
+                    statistics, model, V', α, γ, c  (``ReplayBatch``)
+      actor_step    value_and_grad of −mean_b ρ̄_b J_b (replayed one-step returns, inferred noise)
+      critic_step   the same transitions' real one-step targets weighted by ρ̄, then Polyak
+and ``act``'s actions are stored with log μ(a|s) (``OffPolicyAlgo.behaviour_log_prob``).
 """
 from __future__ import annotations
 
@@ -28,12 +36,13 @@ from mbpo_grad.agents import offpolicy as OP
 from mbpo_grad.agents.common import Agent
 from mbpo_grad.agents.model_based import data, losses
 from mbpo_grad.agents.model_based.config import ModelBasedConfig, check_obs_fns, validate
-from mbpo_grad.agents.model_based.losses import ActorBatch
+from mbpo_grad.agents.model_based.losses import ActorBatch, ReplayBatch
 from mbpo_grad.agents.model_based.networks import _model_for, _policy_for, normalised_policy, value_critic
 from mbpo_grad.models.ensemble import GaussianEnsemble, ModelParams
 from mbpo_grad.policies.base import Policy, sample_and_log_prob
 
 PyTree = Any
+TRANSITION_KEYS = replay.TRANSITION_FIELDS + ("discount",)
 
 
 class MBLearner(NamedTuple):
@@ -78,6 +87,8 @@ def make_algo(config: ModelBasedConfig, env, policy: Optional[Policy] = None,
     obs_dim = env.obs_size
     noise_shape = tuple(policy.noise_shape)
     stochastic = noise_shape != (0,)
+    replay_mode = config.svg == "replay"
+    terminal = getattr(env, "done", None) is not None   # svg="replay": the stored 1 − terminal cuts the bootstrap
 
     # Built once: learning rates and clip norm live in the optimiser states, set in ``init``.
     actor_opt = actor_optimizer(config)
@@ -109,7 +120,7 @@ def make_algo(config: ModelBasedConfig, env, policy: Optional[Policy] = None,
 
     policy_params, eval_act = normalised_policy(config, policy)
 
-    def actor_objective(pp, batch: ActorBatch, return_traj: bool = False):
+    def rollout_objective(pp, batch: ActorBatch, return_traj: bool = False):
         """J_b [M], the per-rollout objective each actor step ascends (loss −mean_b J_b / n):
 
             J_b = Σ_{t<n} γ^t (r_t − α log π(a_t|s_t)) + γ^n V'(s_n)
@@ -125,7 +136,21 @@ def make_algo(config: ModelBasedConfig, env, policy: Optional[Policy] = None,
                                            remat=common.remat_mode(config.remat))
         return (rets, traj) if return_traj else rets
 
-    def actor_batch(l: MBLearner, buf, hp, key) -> ActorBatch:
+    def replay_objective(pp, batch: ReplayBatch, return_traj: bool = False):
+        """ρ̄_b J_b [M] (``svg="replay"``), the per-transition objective each actor step ascends
+        (loss −mean_b ρ̄_b J_b; horizon 1, no 1/n):
+
+            J_b = r̂_b − α log π(â_b|s_b) + γ d_b V'(ŝ'_b),   ρ̄_b = min(π_w(a_b|s_b) / μ(a_b|s_b), c)
+
+        on the batch's stored transitions replayed with inferred noise (``losses.replay_return``;
+        ρ̄ stop-gradient, evaluated at ``pp``). Pure in ``pp`` (``common.per_sample_grads``).
+        ``return_traj=True`` also returns (J [M], ρ̄ [M]).
+        """
+        J, w = losses.replay_return(policy, model, critic, pp, batch, obs_norm=config.obs_norm,
+                                    reward_fn=reward_fn, terminal=terminal)
+        return (w * J, (J, w)) if return_traj else w * J
+
+    def rollout_batch(l: MBLearner, buf, hp, key) -> ActorBatch:
         """The ``ActorBatch`` of one update of ``learn`` on the learner ``l`` (its model, statistics and
         target critic) and an update key (``learn_keys(·)[2][i]``): ``update_keys`` splits it as the
         update does, which differentiates ``actor_objective`` on exactly this batch."""
@@ -136,17 +161,61 @@ def make_algo(config: ModelBasedConfig, env, policy: Optional[Policy] = None,
         alpha = hp.alpha if config.entropy else None
         return ActorBatch(starts, eps, xi, l.obs_stats, l.model, l.critic_target, alpha, hp.gamma)
 
-    def actor_step(l: MBLearner, batch: ActorBatch):
-        """(policy, opt state, loss, grad norm, stop-gradient trajectory, J [M]): the guarded step
-        on ∇_w of −mean_b J_b / n."""
-        def loss_fn(pp):
-            rets, traj = actor_objective(pp, batch, return_traj=True)
-            return losses.actor_loss(rets, n), (traj, rets)
+    def replay_batch(l: MBLearner, buf, hp, key) -> ReplayBatch:
+        """The ``ReplayBatch`` of one update (``svg="replay"``): M stored transitions (with the
+        behaviour log-densities) and an elite slot per transition, from ``update_keys``' start and
+        model-noise keys; the learner's model, statistics, target critic; α, γ, ``replay_cap``."""
+        k_s, _, k_xi, _ = update_keys(key)
+        items = replay.sample(buf, k_s, M)
+        tr = {k: items[k] for k in TRANSITION_KEYS}
+        member = model.sample_noise(k_xi, (M,))["member"]
+        alpha = hp.alpha if config.entropy else None
+        return ReplayBatch(tr, items["behaviour_log_prob"], member, l.obs_stats, l.model, l.critic_target, alpha,
+                           hp.gamma, hp.replay_cap)
 
-        (a_loss, (traj, rets)), g = jax.value_and_grad(loss_fn, has_aux=True)(l.policy)
+    actor_objective = replay_objective if replay_mode else rollout_objective
+    actor_batch = replay_batch if replay_mode else rollout_batch
+    loss_horizon = 1 if replay_mode else n
+
+    def actor_step(l: MBLearner, batch):
+        """(policy, opt state, loss, grad norm, stop-gradient aux, objective [M]): the guarded step on
+        ∇_w of −mean_b J_b / n (rollout; aux the trajectory) or −mean_b ρ̄_b J_b (replay; aux (J, ρ̄))."""
+        def loss_fn(pp):
+            obj, aux = actor_objective(pp, batch, return_traj=True)
+            return losses.actor_loss(obj, loss_horizon), (aux, obj)
+
+        (a_loss, (aux, obj)), g = jax.value_and_grad(loss_fn, has_aux=True)(l.policy)
         grad_norm = optax.global_norm(g)
         upd, a_opt = actor_opt.update(g, l.actor_opt, l.policy, value=a_loss)
-        return optax.apply_updates(l.policy, upd), a_opt, a_loss, grad_norm, jax.lax.stop_gradient(traj), rets
+        return optax.apply_updates(l.policy, upd), a_opt, a_loss, grad_norm, jax.lax.stop_gradient(aux), obj
+
+    def real_targets(l: MBLearner, real, hp, key):
+        """y = r − α log π(ã|s) + γ (1 − terminal) V'(s') on real transitions, ã ~ π(·|s) fresh from
+        the pre-step policy ``l.policy`` (α = 0 without ``entropy``)."""
+        stats = l.obs_stats
+        lp, alpha = None, None
+        if config.entropy:
+            # The soft target's entropy part E_{a~π}[−α log π(a|s)] = α H(π(·|s)) does not involve the
+            # stored action: one fresh a ~ π(·|s), its density forward from ε (exact where float32
+            # tanh saturates; log π at the behaviour action was off-policy and used the inverse path).
+            eps_real = jax.random.normal(jax.random.fold_in(key, 1), (M,) + noise_shape)
+            _, lp = jax.vmap(lambda o, e: sample_and_log_prob(policy, l.policy, norm(stats, o), e))(
+                real["obs"], eps_real)
+            alpha = hp.alpha
+        v_next = jax.vmap(lambda o: critic.apply(l.critic_target, norm(stats, o)))(real["next_obs"])
+        return losses.real_targets(real["reward"], real["discount"], v_next, hp.gamma, lp, alpha)
+
+    def fit_critic(l: MBLearner, c_loss_fn, hp):
+        """(critic, opt state, target critic, last loss): ``critic_iterations`` Adam steps, then Polyak."""
+        def c_step(carry, _):
+            cp, co = carry
+            loss, gc = jax.value_and_grad(c_loss_fn)(cp)
+            u, co = critic_opt.update(gc, co, cp)
+            return (optax.apply_updates(cp, u), co), loss
+
+        (cp, c_opt), c_losses = jax.lax.scan(c_step, (l.critic, l.critic_opt), None,
+                                             length=int(config.critic_iterations))
+        return cp, c_opt, C.polyak(l.critic_target, cp, hp.tau), c_losses[-1]
 
     def critic_step(l: MBLearner, traj, buf, hp, key):
         """(critic, opt state, target critic, last loss, mean model target): ``critic_iterations``
@@ -158,41 +227,42 @@ def make_algo(config: ModelBasedConfig, env, policy: Optional[Policy] = None,
 
         x_model, y_model, w_model = losses.model_targets(traj, target_value, done_fn, hp.gamma, hp.lam)
         real = replay.sample(buf, key, M)
-        lp, alpha = None, None
-        if config.entropy:
-            # The soft target's entropy part E_{a~π}[−α log π(a|s)] = α H(π(·|s)) does not involve the
-            # stored action: one fresh a ~ π(·|s), its density forward from ε (exact where float32
-            # tanh saturates; log π at the behaviour action was off-policy and used the inverse path).
-            eps_real = jax.random.normal(jax.random.fold_in(key, 1), (M,) + noise_shape)
-            _, lp = jax.vmap(lambda o, e: sample_and_log_prob(policy, l.policy, norm(stats, o), e))(
-                real["obs"], eps_real)
-            alpha = hp.alpha
-        v_next = jax.vmap(target_value)(real["next_obs"])
-        y_real = losses.real_targets(real["reward"], real["discount"], v_next, hp.gamma, lp, alpha)
+        y_real = real_targets(l, real, hp, key)
         xn_model = jax.vmap(lambda o: norm(stats, o))(x_model)
         xn_real = jax.vmap(lambda o: norm(stats, o))(real["obs"])
 
         def c_loss_fn(cp):
             return losses.critic_loss(critic, cp, xn_model, y_model, w_model, xn_real, y_real, hp.real_ratio)
 
-        def c_step(carry, _):
-            cp, co = carry
-            loss, gc = jax.value_and_grad(c_loss_fn)(cp)
-            u, co = critic_opt.update(gc, co, cp)
-            return (optax.apply_updates(cp, u), co), loss
+        return (*fit_critic(l, c_loss_fn, hp), jnp.mean(y_model))
 
-        (cp, c_opt), c_losses = jax.lax.scan(c_step, (l.critic, l.critic_opt), None,
-                                             length=int(config.critic_iterations))
-        return cp, c_opt, C.polyak(l.critic_target, cp, hp.tau), c_losses[-1], jnp.mean(y_model)
+    def replay_critic_step(l: MBLearner, batch: ReplayBatch, weights, hp, key):
+        """(critic, opt state, target critic, last loss, mean target), ``svg="replay"``: the actor
+        batch's transitions, their real targets weighted by the actor step's ρ̄ (pre-step policy)."""
+        real = batch.transitions
+        y_real = real_targets(l, real, hp, key)
+        xn_real = jax.vmap(lambda o: norm(l.obs_stats, o))(real["obs"])
+
+        def c_loss_fn(cp):
+            return losses.replay_critic_loss(critic, cp, xn_real, y_real, weights)
+
+        return (*fit_critic(l, c_loss_fn, hp), jnp.mean(y_real))
 
     def one_update(l: MBLearner, key, buf, hp):
         batch = actor_batch(l, buf, hp, key)
-        pp, a_opt, a_loss, grad_norm, traj, rets = actor_step(l, batch)
-        cp, c_opt, tp, c_loss, y_mean = critic_step(l, traj, buf, hp, update_keys(key)[3])
+        pp, a_opt, a_loss, grad_norm, aux, obj = actor_step(l, batch)
+        extra = {}
+        if replay_mode:
+            J, w = aux
+            cp, c_opt, tp, c_loss, y_mean = replay_critic_step(l, batch, w, hp, update_keys(key)[3])
+            model_return, extra = jnp.mean(J), {"replay_weight": jnp.mean(w)}
+        else:
+            cp, c_opt, tp, c_loss, y_mean = critic_step(l, aux, buf, hp, update_keys(key)[3])
+            model_return = jnp.mean(obj)
         new = MBLearner(l.model, pp, cp, tp, a_opt, c_opt, l.obs_stats)
         return new, {"actor_loss": a_loss, "critic_loss": c_loss, "grad_norm": grad_norm,
                      "skipped_updates": guards.skip_stats(a_opt)["skipped_updates"],
-                     "model_return": jnp.mean(rets), "critic_target": y_mean}
+                     "model_return": model_return, "critic_target": y_mean, **extra}
 
     def learn(l: MBLearner, buf, hp, key):
         k_fit_idx, k_fit, k_upd = learn_keys(key, U)
@@ -205,9 +275,19 @@ def make_algo(config: ModelBasedConfig, env, policy: Optional[Policy] = None,
         m["model_nll"] = fm["train_nll"][-1]
         return l, m
 
+    behaviour_log_prob = None
+    if replay_mode:
+        def behaviour_log_prob(l: MBLearner, obs, actions, hp):
+            """log μ(a|s) [B] of ``act``'s actions at the stored (float32) action: ``policy.log_prob`` on
+            the normalised observation (the inverse route ``svg.replay_log_ratio`` requires)."""
+            del hp
+            o = jax.vmap(lambda x: norm(l.obs_stats, x))(obs)
+            return jax.vmap(policy.log_prob, in_axes=(None, 0, 0))(l.policy, o, actions)
+
     name = "model_based" if policy.name == "gaussian" else f"model_based-{policy.name}"
     return OP.OffPolicyAlgo(init, explore_init, act, explore_reset, learn, name, policy_params, eval_act,
-                            actor_objective=actor_objective, actor_batch=actor_batch)
+                            actor_objective=actor_objective, actor_batch=actor_batch,
+                            behaviour_log_prob=behaviour_log_prob)
 
 
 def make_agent(config: ModelBasedConfig, *, env=None, policy: Optional[Policy] = None,

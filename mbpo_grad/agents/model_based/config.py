@@ -36,6 +36,31 @@ class ModelBasedConfig(OP.OffPolicyConfig):
     ``entropy``: add −α log π to rewards and targets (needs a policy with ``log_prob``).
     ``max_grad_norm_to_skip``: an actor update whose gradient (through the n model steps) is
     non-finite or has a larger norm is skipped (``guards.skip_nonfinite``; metric ``skipped_updates``).
+
+    ``svg``: where the actor's pathwise gradient comes from (static).
+
+    * ``"rollout"`` (default): SVG(n) through ``horizon`` model steps branched from buffer
+      observations, fresh ε and ξ (``losses.rollout_return``); the critic regresses on the
+      rollouts' TD(λ) targets and, with weight ``real_ratio``, on real one-step targets.
+    * ``"replay"``: SVG(1) on replayed transitions (SVG(1)-ER, Heess et al. 2015, docs/theory.md
+      §4; ``svg.svg_replay_returns``): a stored (s, a, r, s') is replayed under the current policy
+      and the fitted model with inferred noise ε̂ = π⁻¹(a; s), ξ̂ = f⁻¹(s', r; s, a) of a random
+      elite, held fixed, and the actor ascends mean_b ρ̄_b J_b with
+      J_b = r̂_b − α log π(â_b|s_b) + γ (1 − terminal_b) V'(ŝ'_b) (``losses.replay_return``;
+      loss −mean_b ρ̄_b J_b, no 1/n: the horizon is 1). ``horizon`` and ``remat`` are unused.
+      Importance weights ρ̄_b = min(π_w(a_b|s_b) / μ(a_b|s_b), ``replay_cap``) (stop-gradient):
+      the buffer then also stores ``behaviour_log_prob`` = log μ(a_b|s_b), evaluated at the
+      stored float32 action (``policy.log_prob``; −act_dim·log 2 for the uniform warm-up
+      actions), the form ``svg.replay_log_ratio`` requires where float32 tanh saturated.
+      The critic regresses on the same transitions' real one-step targets only, weighted by
+      the same ρ̄ (the self-normalised fixed point is V^π up to the truncation's bias;
+      ``real_ratio`` is unused: there are no model rollouts to take TD(λ) targets from).
+      Needs a stochastic policy with a density (noise inference, weights) and
+      ``model_noise=True`` (the elites' mean has no noise to infer). ``entropy=True`` is
+      handled exactly: the V critic is a soft state value, so only s_b gets the −α log π
+      bonus (forward from ε̂), not ŝ'_b (``svg.svg_replay_returns``' Q form adds one at s').
+      Still biased: the states are the buffer's (not reweighted to π's visitation), and the
+      truncation at ``replay_cap`` trades bias for variance.
     """
 
     env: str = "pendulum"
@@ -62,6 +87,7 @@ class ModelBasedConfig(OP.OffPolicyConfig):
     entropy: bool = False
     max_grad_norm_to_skip: float = 1e6
     remat: Any = False         # the model rollout's backward pass: False | True | "nested" | "dots" | int
+    svg: str = "rollout"       # the actor's gradient: "rollout" (SVG(n) through the model) | "replay" (SVG(1)-ER)
     # float hyper-parameters (defaults for HParams)
     actor_lr: float = traced(1e-3)
     critic_lr: float = traced(1e-3)
@@ -72,6 +98,7 @@ class ModelBasedConfig(OP.OffPolicyConfig):
     real_ratio: float = traced(0.1)
     max_grad_norm: float = traced(1.0)
     explore_std: float = traced(0.3)
+    replay_cap: float = traced(5.0)      # truncation c of the importance weights (svg="replay")
 
 
 HParams = ModelBasedConfig.HPARAMS
@@ -81,11 +108,20 @@ def check_hparams(hp):
     """Value checks of the traced hyper-parameters (tracers pass; a sweep's arrays elementwise)."""
     OP.check_hparams(hp, unit=("gamma", "lam", "tau", "real_ratio"), positive=("actor_lr", "critic_lr"),
                      nonneg=("alpha", "explore_std"), finite=("max_grad_norm",))
+    OP.check_hparams(hp, positive=("replay_cap",))
+
+
+SVG_MODES = ("rollout", "replay")
 
 
 def validate(config: ModelBasedConfig, env=None):
     """Check the static config; returns (env, episode_length). Errors name the field."""
     env, episode_length = OP.validate(config, ModelBasedConfig, env)
+    if not isinstance(config.svg, str) or config.svg not in SVG_MODES:
+        raise ValueError(f"svg must be one of {SVG_MODES}, got {config.svg!r}")
+    if config.svg == "replay" and not config.model_noise:
+        raise ValueError("model_noise: svg='replay' infers the model noise ξ̂ of a sampled elite; "
+                         "model_noise=False (the elites' mean) has no noise to infer")
     OP.pos_int(config.horizon, "horizon")
     common.remat_mode(config.remat)
     for name in ("ensemble_size", "elites", "model_epochs", "model_batch", "critic_iterations"):
@@ -125,4 +161,4 @@ def check_obs_fns(env, reward_fn, done_fn):
                              f"return a scalar (shape ()), got {got}")
 
 
-__all__ = ["ModelBasedConfig", "HParams", "check_hparams", "validate", "check_obs_fns"]
+__all__ = ["ModelBasedConfig", "HParams", "SVG_MODES", "check_hparams", "validate", "check_obs_fns"]

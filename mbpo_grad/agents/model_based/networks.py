@@ -36,7 +36,10 @@ def _policy_for(env, config: ModelBasedConfig, policy: Optional[Policy]) -> Poli
     policy = common.policy_for(env, policy, lambda: default_policy(config, env.obs_size, env.action_size))
     if config.entropy and tuple(policy.noise_shape) == (0,):
         raise ValueError("policy: entropy=True needs a stochastic policy with a density (gaussian, flow)")
-    if config.entropy:  # log π enters the rewards and targets: trace its shapes too
+    if config.svg == "replay" and tuple(policy.noise_shape) == (0,):
+        raise ValueError("policy: svg='replay' infers the policy noise of stored actions and weights them by "
+                         "π/μ: it needs a stochastic policy with infer_noise and a density (gaussian, flow)")
+    if config.entropy or config.svg == "replay":  # log π enters rewards, targets or weights: trace its shapes
         V.check_policy(policy, env.obs_size, env.action_size, density=True)
     return policy
 
