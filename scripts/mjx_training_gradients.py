@@ -21,8 +21,7 @@ state = jax.jit(ag32.init)(jax.random.PRNGKey(seed), hp)
 update = jax.jit(ag32.update)
 grads32 = jax.jit(lambda pp, b: common.per_sample_grads(ag32.actor_objective, pp, b))
 traj32 = jax.jit(lambda pp, b: ag32.actor_objective(pp, b, return_traj=True)[1].states.env_state.qpos)
-mj = ag32.spec and None
-from mbpo_grad import envs as E
+from mbpo_grad import envs as E  # the slider's range (the rail limits)
 m = E.make("mjx:inverted_pendulum").info["mj_model"]
 lo, hi = (float(v) for v in m.jnt_range[0])
 keys = jax.random.split(jax.random.PRNGKey(seed + 1000), its)
