@@ -22,7 +22,7 @@ from mbpo_grad import normalizer as N
 from mbpo_grad.agents import common
 from mbpo_grad.agents.common import Agent, TimedState
 from mbpo_grad.agents.shac import losses
-from mbpo_grad.agents.shac.config import HParams, SHACConfig, validate
+from mbpo_grad.agents.shac.config import SCORE_ESTIMATORS, HParams, SHACConfig, validate
 from mbpo_grad.agents.shac.losses import ActorBatch
 from mbpo_grad.agents.shac.networks import default_policy, make_act, value_critic
 from mbpo_grad.envs import base as envs_base
@@ -67,7 +67,7 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
     policy = common.policy_for(env, policy, lambda: default_policy(config, env.obs_size, env.action_size))
     stochastic = tuple(policy.noise_shape) != (0,)
     estimator = config.estimator
-    if estimator in ("score", "auto") and not stochastic:
+    if estimator in SCORE_ESTIMATORS and not stochastic:
         raise ValueError(f"estimator={estimator!r} needs a stochastic policy with a density (noise_shape != (0,)), "
                          f"got policy {policy.name!r} with noise_shape {tuple(policy.noise_shape)}")
     dyn_noise = tuple(env.noise_shape) != ()
@@ -240,7 +240,7 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
 
     def actor_gradient(params, batch, hp):
         """(loss, grads, traj, rets, keep [B], masked, max_env_norm, all_masked, extra metrics)."""
-        if estimator in ("score", "auto"):
+        if estimator in SCORE_ESTIMATORS:
             return mixed_gradient(params, batch, hp)
         if per_env:
             (env_losses, (traj, rets)), env_grads = per_env_pathwise(params, batch)

@@ -18,6 +18,7 @@ from mbpo_grad.agents.hyperparams import traced
 LR_SCHEDULES = ("constant", "linear", "cosine")
 GUARDS = ("per_env", "batch")
 ESTIMATORS = ("pathwise", "score", "auto", "dpmb_sf")
+SCORE_ESTIMATORS = ("score", "auto")   # the ones that take the policy's score: a density, per-env gradients
 
 
 @hyperparams.derive
@@ -163,7 +164,7 @@ def validate(config: SHACConfig, env=None) -> Tuple[Any, int]:
         raise ValueError(f"guard must be one of {GUARDS}, got {config.guard!r}")
     if config.estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {config.estimator!r}")
-    if config.estimator in ("score", "auto") and config.guard != "per_env":
+    if config.estimator in SCORE_ESTIMATORS and config.guard != "per_env":
         raise ValueError(f"estimator={config.estimator!r} needs guard='per_env' (it mixes or masks per-env "
                          f"gradients), got guard={config.guard!r}")
     if not isinstance(config.adaptive_horizon, bool):

@@ -137,6 +137,28 @@ def actor_loss(returns: jax.Array, horizon: int) -> jax.Array:
     return -jnp.mean(returns) / horizon
 
 
+def _score_factors(rewards: jax.Array, alive: jax.Array, ret: jax.Array, baseline: Optional[jax.Array], gamma: Any,
+                   cut: Optional[jax.Array], drop_own_reward: bool = False) -> Tuple[jax.Array, jax.Array]:
+    """(sg(C_t − γ^t b_t) masked to the live steps [n], live [n]) for the window's score terms:
+
+        C_t − γ^t b_t = J − Σ_{k<t} γ^k r_k − γ^t b_t        (b_t = 0 without a baseline)
+
+    and without a baseline ``drop_own_reward`` also removes γ^t r_t (the reward-to-go after t).
+    Live: alive_t, and t < ``cut`` when given (J is then the window's first h steps)."""
+    n = rewards.shape[0]
+    disc = gamma ** jnp.arange(n, dtype=rewards.dtype)
+    dr = disc * rewards
+    factor = ret - (jnp.cumsum(dr) - dr)
+    if baseline is not None:
+        factor = factor - disc * baseline
+    elif drop_own_reward:
+        factor = factor - dr
+    live = alive[:n] > 0
+    if cut is not None:
+        live = live & (jnp.arange(n) < cut)
+    return jnp.where(live, jax.lax.stop_gradient(factor), 0.0), live
+
+
 def score_window_loss(log_probs: jax.Array, rewards: jax.Array, alive: jax.Array, ret: jax.Array,
                       baseline: Optional[jax.Array], gamma: Any, horizon: int,
                       cut: Optional[jax.Array] = None) -> jax.Array:
@@ -154,15 +176,7 @@ def score_window_loss(log_probs: jax.Array, rewards: jax.Array, alive: jax.Array
     ret: J (a scalar, held fixed), baseline [n] or None; ``cut`` = h: J is the window's first
     h steps (``window_return(cut=h)``), so only steps t < h carry a score.
     """
-    n = rewards.shape[0]
-    disc = gamma ** jnp.arange(n, dtype=rewards.dtype)
-    dr = disc * rewards
-    to_go = ret - (jnp.cumsum(dr) - dr)
-    adv = to_go if baseline is None else to_go - disc * baseline
-    live = alive[:n] > 0
-    if cut is not None:
-        live = live & (jnp.arange(n) < cut)
-    adv = jnp.where(live, jax.lax.stop_gradient(adv), 0.0)
+    adv, live = _score_factors(rewards, alive, ret, baseline, gamma, cut)
     lp = jnp.where(live, log_probs, 0.0)
     return -jnp.sum(adv * lp) / horizon
 
@@ -187,18 +201,9 @@ def mode_score_term(mode_log_probs: jax.Array, rewards: jax.Array, alive: jax.Ar
     mode_log_probs [n] (differentiable), rewards [n] (zero after the episode's end), alive [n+1],
     ret: J (held fixed), baseline [n] V'(o_t) or None; ``cut`` = h: only steps t < h (J_h).
     """
-    n = rewards.shape[0]
-    disc = gamma ** jnp.arange(n, dtype=rewards.dtype)
-    dr = disc * rewards
-    before = jnp.cumsum(dr) - dr                       # Σ_{k<t} γ^k r_k
-    own = jnp.zeros_like(dr) if reward_uses_next_state else dr
-    factor = ret - before - own
-    if baseline is not None:
-        factor = factor - (disc * baseline - own)
-    live = alive[:n] > 0
-    if cut is not None:
-        live = live & (jnp.arange(n) < cut)
-    factor = jnp.where(live, jax.lax.stop_gradient(factor), 0.0)
+    # with a baseline, C_t − γ^t b_t = J − Σ_{k<t} γ^k r_k − γ^t V'(o_t) for either kind of reward
+    factor, live = _score_factors(rewards, alive, ret, baseline, gamma, cut,
+                                  drop_own_reward=not reward_uses_next_state)
     lp = jnp.where(live, mode_log_probs, 0.0)
     return jnp.sum(factor * (lp - jax.lax.stop_gradient(lp)))
 

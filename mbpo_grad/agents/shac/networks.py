@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional
 
 from mbpo_grad import critics as C
 from mbpo_grad.agents import common
-from mbpo_grad.agents.shac.config import SHACConfig
+from mbpo_grad.agents.shac.config import SCORE_ESTIMATORS, SHACConfig
 from mbpo_grad.policies.base import Policy
 from mbpo_grad.policies.deterministic import deterministic
 from mbpo_grad.policies.gaussian import gaussian
@@ -25,7 +25,7 @@ def default_policy(config: SHACConfig, obs_size: int, action_size: int) -> Polic
     """The policy ``make_agent`` builds when none is given: a deterministic tanh MLP (``actor_hidden``);
     for ``estimator="score"/"auto"`` (which need a density) a tanh Gaussian whose log σ is a free
     vector starting at 0 (σ = 1 before the squash)."""
-    if config.estimator in ("score", "auto"):
+    if config.estimator in SCORE_ESTIMATORS:
         return gaussian(obs_size, action_size, config.actor_hidden, state_dependent_std=False)
     return deterministic(obs_size, action_size, config.actor_hidden)
 
