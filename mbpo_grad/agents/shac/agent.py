@@ -5,6 +5,8 @@ One ``update`` is four pure steps on the ``SHACState`` (losses in ``losses.py``)
 
     actor_step     per-env (or batch) value_and_grad of −J_b / n, guarded, clipped, Adam
     usable_envs    which envs' windows feed the critic, the normaliser and the statistics
+    score_steps    estimator="score"/"auto" with score_epochs ≥ 1: PPO's clipped-surrogate epochs
+                   on the window's samples, each step weighted 1 − α_eff (``config`` docstring)
     critic_step    TD(λ) targets, ``critic_iterations`` epochs of minibatch regression, Polyak
     bookkeeping    observation statistics, episode returns, resets of ended or unusable envs
 """
@@ -21,12 +23,13 @@ from mbpo_grad import guards, mixing, rollout
 from mbpo_grad import normalizer as N
 from mbpo_grad.agents import common
 from mbpo_grad.agents.common import Agent, TimedState
+from mbpo_grad.agents.ppo import losses as ppo_losses
 from mbpo_grad.agents.shac import losses
 from mbpo_grad.agents.shac.config import SCORE_ESTIMATORS, HParams, SHACConfig, validate
 from mbpo_grad.agents.shac.losses import ActorBatch
 from mbpo_grad.agents.shac.networks import default_policy, make_act, value_critic
 from mbpo_grad.envs import base as envs_base
-from mbpo_grad.policies.base import Policy
+from mbpo_grad.policies.base import Policy, sample_and_log_prob
 
 PyTree = Any
 
@@ -45,6 +48,7 @@ class SHACState(NamedTuple):
     env_steps: jax.Array       # int: environment transitions taken (live steps only)
     iteration: jax.Array
     horizon: Optional[jax.Array] = None   # adaptive_horizon: the actor's window h (int), else None
+    score_opt: Optional[PyTree] = None    # the PPO steps' optimiser (estimator="score"/"auto", score_epochs ≥ 1)
 
 
 # Which parts of the state carry the env batch (leading axis) for data-parallel runs.
@@ -83,6 +87,8 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
     per_env = config.guard == "per_env"
     remat = common.remat_mode(config.remat)
     skip_norm = float(config.max_grad_norm_to_skip)
+    phased = estimator in SCORE_ESTIMATORS and config.score_epochs > 0   # PPO steps for the score part
+    s_mb = (n * B) // int(config.score_minibatches)
 
     # Built once: the learning rates and the clip norm are hyper-parameters in the optimiser
     # states (optax.inject_hyperparams), set from the run's hparams in ``init``.
@@ -95,6 +101,9 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
     critic_opt = guards.skip_nonfinite(
         common.make_optimizer(total_steps=config.iterations * critic_steps, schedule=config.lr_schedule,
                               b1=config.adam_b1, b2=config.adam_b2))
+    # The PPO steps' own Adam (PPO's defaults: constant lr, b = (0.9, 0.999)); skips non-finite steps.
+    score_opt = guards.skip_nonfinite(common.make_optimizer(total_steps=1, schedule="constant"),
+                                      max_grad_norm_to_skip=skip_norm)
 
     def observe(stats, ts):
         obs = env.observe(ts.env_state)
@@ -117,6 +126,8 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
             common.init_optimizer(critic_opt, cp, learning_rate=hp.critic_lr), N.init(env.obs_size, fdtype), ts,
             zeros, zeros, jnp.zeros((B,), bool), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
             jnp.asarray(n, jnp.int32) if config.adaptive_horizon else None,
+            common.init_optimizer(score_opt, pp, learning_rate=hp.score_lr, max_grad_norm=hp.score_max_grad_norm)
+            if phased else None,
         )
 
     def env_window(pp, ts0, eps, xi, stats, target_params, gamma, cut):
@@ -230,7 +241,10 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
             extra["fallback_envs"] = n_fallback.astype(jnp.int32)
             # the weight the update really gives pathwise samples (fallen-back envs carry their g0)
             extra["alpha_effective"] = alpha * (1.0 - n_fallback / jnp.maximum(jnp.sum(keep), 1))
-            grads = mixing.mix(g1, g0, keep, alpha)
+            if phased:  # the pathwise part alone, from the envs that did not fall back: its own step
+                grads = mixing.masked_mean(g1, keep & ~bad)
+            else:
+                grads = mixing.mix(g1, g0, keep, alpha)
         else:
             extra = {}
             grads = mixing.masked_mean(g0, keep)
@@ -266,11 +280,15 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
             all_masked = jnp.zeros((), bool)
         return loss, grads, jax.lax.stop_gradient(traj), rets, keep, masked, max_env_norm, all_masked, {}
 
-    def actor_step(state, loss, grads, all_masked):
-        """(params, opt state, skip statistics): the guarded Adam step. During ``actor_warmup`` the
-        gradient is computed but not applied; its statistics are reported all the same."""
+    def actor_step(state, loss, grads, all_masked, weight=None):
+        """(params, opt state, skip statistics): the guarded Adam step, its update multiplied by
+        ``weight`` when given (α_eff for the phased "auto", 0 for the phased "score"). During
+        ``actor_warmup`` the gradient is computed but not applied; its statistics are reported
+        all the same."""
         params = state.policy_params
         updates, a_opt = actor_opt.update(grads, state.actor_opt, params, skip=all_masked, value=loss)
+        if weight is not None:
+            updates = jax.tree_util.tree_map(lambda u: (weight * u).astype(u.dtype), updates)
         pp = optax.apply_updates(params, updates)
         stats = guards.skip_stats(a_opt)
         if config.actor_warmup > 0:  # critic-only iterations: keep the actor and its optimiser
@@ -292,14 +310,57 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
 
         return keep & finite_rows(traj.states) & finite_rows(traj.rewards)
 
-    def critic_step(state, hp, traj, rewards, ok, live, key):
-        """(critic params, target params, critic opt state, last-epoch loss, skipped minibatch steps)."""
+    def window_targets(state, hp, traj, rewards, ok, lam):
+        """(obs [B, n+1, d] normalised (zeros for unusable envs), V'(o) [B, n+1], TD(λ) targets
+        [B, n]) of the window; without a critic V' = 0 (the targets are discounted returns for λ = 1)."""
         stats = state.obs_stats
         obs = jax.vmap(jax.vmap(lambda s: observe(stats, s)))(traj.states)          # [B, n+1, d]
         obs = jnp.where(ok[:, None, None], obs, 0.0)
-        v_targ = jax.vmap(jax.vmap(lambda o: critic.apply(state.target_params, o)))(obs)
+        if config.use_critic:
+            v_targ = jax.vmap(jax.vmap(lambda o: critic.apply(state.target_params, o)))(obs)
+        else:
+            v_targ = jnp.zeros(obs.shape[:2], fdtype)
         term = jax.vmap(jax.vmap(terminal))(traj.states)
-        targets = losses.critic_targets(rewards, v_targ, traj.alive, term, hp.gamma, hp.lam)   # [B, n]
+        return obs, v_targ, losses.critic_targets(rewards, v_targ, traj.alive, term, hp.gamma, lam)
+
+    def score_steps(pp, s_opt, old, obs, eps, adv, weights, hp, factor, key):
+        """(params, opt state, metrics): ``score_epochs`` × ``score_minibatches`` Adam steps from pp on
+        PPO's clipped surrogate (``ppo.losses.clipped_surrogate``) of the window's B·n samples,
+        ratios π_θ(a|o) / π_old(a|o) against the policy that sampled them (so the clip bounds the
+        whole move from it, the pathwise step included), advantages normalised over the batch;
+        each update multiplied by ``factor`` (1 − α_eff)."""
+        o = obs.reshape((n * B, -1))
+        e = eps.reshape((n * B,) + tuple(policy.noise_shape))
+        w = weights.reshape((n * B,))
+        a = ppo_losses.normalize_advantages(adv.reshape((n * B,)), w)
+        act, logp_old = jax.vmap(lambda oo, ee: sample_and_log_prob(policy, old, oo, ee))(o, e)
+        act, logp_old = jax.lax.stop_gradient((act, logp_old))
+
+        def log_ratio(p, idx):
+            if policy.log_ratio is not None:  # no inverse of the squash (policies.base)
+                return jax.vmap(lambda oo, ee: policy.log_ratio(old, p, oo, ee))(o[idx], e[idx])
+            return jax.vmap(lambda oo, aa: policy.log_prob(p, oo, aa))(o[idx], act[idx]) - logp_old[idx]
+
+        def minibatch(carry, idx):
+            p, ostate = carry
+            loss, g = jax.value_and_grad(
+                lambda q: ppo_losses.clipped_surrogate(log_ratio(q, idx), a[idx], hp.score_clip, w[idx]))(p)
+            upd, ostate = score_opt.update(g, ostate, p, value=loss)
+            upd = jax.tree_util.tree_map(lambda u: (factor * u).astype(u.dtype), upd)
+            return (optax.apply_updates(p, upd), ostate), loss
+
+        def epoch(carry, k):
+            perm = jax.random.permutation(k, n * B)[: config.score_minibatches * s_mb]
+            return jax.lax.scan(minibatch, carry, perm.reshape((config.score_minibatches, s_mb)))
+
+        (p, s_opt), _ = jax.lax.scan(epoch, (pp, s_opt), jax.random.split(key, config.score_epochs))
+        everything = jnp.arange(n * B)
+        lr_end = log_ratio(p, everything)
+        return p, s_opt, {"score_kl": ppo_losses.approx_kl(lr_end, w),
+                          "score_clip_frac": ppo_losses.clip_fraction(lr_end, hp.score_clip, w)}
+
+    def critic_step(state, hp, obs, targets, live, key):
+        """(critic params, target params, critic opt state, last-epoch loss, skipped minibatch steps)."""
         x = obs[:, :-1].reshape((n * B, -1))
         y = jnp.where(live > 0, targets, 0.0).reshape((n * B,))
         w = live.reshape((n * B,))
@@ -326,15 +387,36 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
 
         loss, grads, traj, rets, keep, masked, max_env_norm, all_masked, extra = actor_gradient(
             state.policy_params, batch, hp)
-        pp, a_opt, actor_stats = actor_step(state, loss, grads, all_masked)
+        weight = None
+        if phased:  # the actor's own step carries the pathwise part only: α_eff ("auto"), nothing ("score")
+            weight = extra["alpha_effective"] if estimator == "auto" else jnp.zeros((), fdtype)
+        pp, a_opt, actor_stats = actor_step(state, loss, grads, all_masked, weight)
 
         ok = usable_envs(traj, keep)                                                      # [B]
         live = traj.alive[:, :-1] * ok.astype(fdtype)[:, None]  # [B, n]: live steps of usable envs
         rewards = jnp.where(ok[:, None], traj.rewards, 0.0)
         window_return = guards.masked_mean(jnp.where(ok, rets, jnp.nan))[0]
+        if config.use_critic or phased:
+            # without a critic the PPO steps' advantages are the window's discounted returns (λ = 1)
+            lam = hp.lam if config.use_critic else jnp.ones_like(hp.lam)
+            obs, v_targ, targets = window_targets(state, hp, traj, rewards, ok, lam)
+
+        s_opt = state.score_opt
+        if phased:  # PPO's epochs on the window for the score-function part, weighted 1 − α_eff
+            factor = (1.0 - weight) * (~all_masked).astype(fdtype)
+            eps = jnp.swapaxes(batch.policy_noise[:n], 0, 1)                              # [B, n, ...]
+            pp_new, s_opt, score_metrics = score_steps(pp, state.score_opt, state.policy_params, obs[:, :-1], eps,
+                                                       targets - v_targ[:, :-1], live, hp, factor,
+                                                       jax.random.fold_in(k_crit, 1))
+            if config.actor_warmup > 0:  # critic-only iterations: keep the actor and its optimisers
+                warm = state.iteration < config.actor_warmup
+                pp_new = jax.tree_util.tree_map(lambda new, old: jnp.where(warm, old, new), pp_new, pp)
+                s_opt = jax.tree_util.tree_map(lambda new, old: jnp.where(warm, old, new), s_opt, state.score_opt)
+            pp = pp_new
+            extra = {**extra, **score_metrics}
 
         if config.use_critic:
-            cp, tp, c_opt, c_loss, critic_skipped = critic_step(state, hp, traj, rewards, ok, live, k_crit)
+            cp, tp, c_opt, c_loss, critic_skipped = critic_step(state, hp, obs, targets, live, k_crit)
         else:
             cp, tp, c_opt = state.critic_params, state.target_params, state.critic_opt
             c_loss, critic_skipped = jnp.zeros((), fdtype), jnp.zeros((), jnp.int32)
@@ -365,7 +447,7 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
                                     jnp.minimum(n, state.horizon + 1)).astype(jnp.int32)
             extra = {**extra, "horizon": state.horizon}
         new_state = SHACState(pp, cp, tp, a_opt, c_opt, new_stats, env_state, ep_return, last_return, finished,
-                              env_steps, state.iteration + 1, new_horizon)
+                              env_steps, state.iteration + 1, new_horizon, s_opt)
         metrics = common.stack_metrics({
             "env_steps": env_steps,
             "episode_return": episode_return,

@@ -72,6 +72,16 @@ class SHACConfig(hyperparams.Config):
       h ← min(n, h + 1); h starts at n and is logged as ``horizon``. A gradient-norm criterion
       (AHAC, Georgiev et al. 2024, shortens the window before stiff contact, measured by the
       contact forces; a norm test needs no simulator internals). Not with ``estimator="score"``.
+    score_epochs, score_minibatches: with ``estimator="score"/"auto"`` and ``score_epochs`` ≥ 1
+      (default 10 × 4), the score-function part of the update is PPO's: ``score_epochs`` passes
+      of ``score_minibatches`` Adam steps (lr ``score_lr``, clip ``score_max_grad_norm``) on the
+      clipped surrogate of the window's samples (ratios against the policy that sampled them,
+      clip ε ``score_clip``; GAE(γ, λ) advantages from the target critic, normalised). "auto"
+      then takes its pathwise part as its own step and weights the two steps by the α rule:
+      θ ← θ + α_eff Δθ_pathwise, then the PPO steps each scaled by 1 − α_eff (α_eff = α times the
+      share of envs whose pathwise sample did not fall back); α = 1 is SHAC's step, α = 0 PPO's
+      on SHAC's windows (GI-PPO's structure, Son et al. 2023). ``score_epochs=0``: one step on
+      the mixed gradient α ḡ_pathwise + (1 − α) ḡ_score with the actor's optimiser.
 
     Defaults follow the SHAC paper's cart-pole setting (actor lr 1e-2, critic lr 1e-3, Adam
     betas (0.7, 0.95), λ = 0.95, γ = 0.99, τ = 0.8, clip 1.0, linear decay, n = 32) at a CPU
@@ -107,6 +117,8 @@ class SHACConfig(hyperparams.Config):
     estimator: str = "pathwise"
     adaptive_horizon: bool = False
     horizon_min: int = 1
+    score_epochs: int = 10
+    score_minibatches: int = 4
     # float hyper-parameters (defaults for HParams)
     actor_lr: float = traced(1e-2)
     critic_lr: float = traced(1e-3)
@@ -116,6 +128,9 @@ class SHACConfig(hyperparams.Config):
     max_grad_norm: float = traced(1.0)
     auto_z: float = traced(2.0)   # estimator="auto": bias bound in standard errors (mixing.alpha_order)
     horizon_norm_limit: float = traced(1e3)   # adaptive_horizon: per-env gradient norm that halves h
+    score_lr: float = traced(1e-3)         # the PPO steps of estimator="score"/"auto" (score_epochs >= 1)
+    score_clip: float = traced(0.3)
+    score_max_grad_norm: float = traced(0.5)
 
 
 HParams = SHACConfig.HPARAMS
@@ -170,6 +185,13 @@ def validate(config: SHACConfig, env=None) -> Tuple[Any, int]:
     if not isinstance(config.adaptive_horizon, bool):
         raise ValueError(f"adaptive_horizon must be a bool, got {config.adaptive_horizon!r}")
     common.pos_int(config.horizon_min, "horizon_min")
+    common.pos_int(config.score_epochs, "score_epochs", minimum=0)
+    common.pos_int(config.score_minibatches, "score_minibatches")
+    if config.score_minibatches > config.horizon * config.num_envs:
+        raise ValueError(
+            f"score_minibatches ({config.score_minibatches}) must be <= horizon*num_envs "
+            f"({config.horizon * config.num_envs}) samples per iteration"
+        )
     if config.horizon_min > config.horizon:
         raise ValueError(f"horizon_min ({config.horizon_min}) must be <= horizon ({config.horizon})")
     if config.adaptive_horizon and config.estimator == "score":
@@ -205,6 +227,11 @@ def check_hparams(hp) -> None:
     hi, lo = val("horizon_norm_limit")
     if not lo > 0.0:
         raise ValueError(f"horizon_norm_limit must be a float > 0, got {hp.horizon_norm_limit}")
-    hi, lo = val("max_grad_norm")
-    if not np.isfinite(hi):
-        raise ValueError(f"max_grad_norm must be finite (<= 0 disables clipping), got {hp.max_grad_norm}")
+    for name in ("max_grad_norm", "score_max_grad_norm"):
+        hi, lo = val(name)
+        if not np.isfinite(hi):
+            raise ValueError(f"{name} must be finite (<= 0 disables clipping), got {getattr(hp, name)}")
+    for name in ("score_lr", "score_clip"):
+        hi, lo = val(name)
+        if not lo > 0.0 or not np.isfinite(hi):
+            raise ValueError(f"{name} must be a finite float > 0, got {getattr(hp, name)}")
