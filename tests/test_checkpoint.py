@@ -400,7 +400,7 @@ def test_sharded_state_restores_into_the_target_sharding(tmp_path):
     """Four CPU devices: an array and PRNG keys sharded by rows come back laid out as the target asks."""
     script = tmp_path / "sharded.py"
     script.write_text(_SHARDED)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4",
                PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     res = subprocess.run([sys.executable, str(script), str(tmp_path / "ckpt")], capture_output=True, text=True,
                          env=env, cwd=REPO, timeout=300)

@@ -59,8 +59,9 @@ def _launch(tmp_path, name, body, *, timeout=240, fast_compile=False):
     """Run ``PREAMBLE + body`` as processes 0 and 1; returns their (returncode, stdout, stderr)."""
     script = tmp_path / f"{name}.py"
     script.write_text(PREAMBLE + textwrap.dedent(body))
-    flags = f"--xla_force_host_platform_device_count={DEV_PER_PROC}"
-    if fast_compile:  # XLA's low-effort CPU code generation (experiments.rundir.FAST_COMPILE_FLAGS)
+    inherited = os.environ.get("XLA_FLAGS", "")   # conftest's low-effort compile, unless switched off
+    flags = f"{inherited} --xla_force_host_platform_device_count={DEV_PER_PROC}".strip()
+    if fast_compile and "xla_backend_optimization_level" not in flags:  # experiments.rundir.FAST_COMPILE_FLAGS
         flags += " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags,
                PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -53,7 +53,7 @@ def runs(tmp_path_factory):
     path = tmp_path_factory.mktemp("parallel") / "out.json"
     script = path.parent / "run.py"
     script.write_text(SCRIPT)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4",
                PYTHONPATH=REPO)
     res = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, env=env,
                          cwd=REPO, timeout=900)
