@@ -114,6 +114,8 @@ def _run(config, seeds: Sequence[int]) -> Dict[str, Any]:
            "final": evals[:, -2:].mean(1).tolist(), "wall_s": time.perf_counter() - t0}
     if "grad_norm" in metrics and isinstance(config, shac.SHACConfig):
         out["grad_norm"] = float(np.mean(np.asarray(metrics["grad_norm"])))
+    if "score_kl" in metrics:   # the PPO steps' mean KL(π_old ‖ π_new) per update (score_epochs >= 1)
+        out["score_kl"] = float(np.mean(np.asarray(metrics["score_kl"])))
     if "horizon" in metrics:
         out["horizon"] = np.asarray(metrics["horizon"]).mean(0).tolist()
     if "alpha" in metrics:

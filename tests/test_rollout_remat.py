@@ -73,7 +73,10 @@ def test_segmented_unroll_equals_plain_scan(horizon, remat, with_done, noise):
     (v0, traj0), g0 = vg(False)
     (v1, traj1), g1 = vg(remat)
     for a, b in zip(jax.tree_util.tree_leaves(traj0), jax.tree_util.tree_leaves(traj1)):
-        np.testing.assert_array_equal(a, b)  # the trajectory itself is bit-exact
+        # the same trajectory: bit-exact under XLA's default CPU code, within a few float32
+        # roundings over the window under the suite's low-effort compile (tests/conftest.py:
+        # the two programs fuse differently)
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(v1, v0, rtol=1e-5)  # same numbers, reduced by two different programs
     np.testing.assert_allclose(g1, g0, rtol=1e-6, atol=1e-6)
     assert np.all(np.isfinite(g0)) and np.any(np.abs(g0) > 1e-3)

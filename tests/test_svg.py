@@ -374,5 +374,7 @@ def test_entropy_terms_are_exact_where_float32_tanh_saturates():
                 else:
                     total += float(_critic(s, a)) + bonus
         ref = total / 2
-    assert float(pol.sample(params, states[0], noise[0, 0])[0]) == 1.0
+    # float32 rounds the action to 1 (XLA's default CPU code; within 2 ulps under the suite's
+    # low-effort compile, tests/conftest.py), where the inverse route would read atanh ≤ 8.3, not ≈ 12
+    assert float(pol.sample(params, states[0], noise[0, 0])[0]) >= 1.0 - 2.5e-7
     np.testing.assert_allclose(float(got), ref, rtol=1e-5)
