@@ -61,6 +61,16 @@ def sample_and_log_prob(pol: Policy, params, obs, eps):
     return action, pol.log_prob(params, obs, action)
 
 
+def log_ratio(pol: Policy, params_old, params_new, obs, eps, action, log_prob_old):
+    """log π_new(a|obs) − log π_old(a|obs) at a = ``pol.sample(params_old, obs, eps)`` (= ``action``,
+    whose old log-density ``log_prob_old`` the caller computed forward): the bundle's own
+    ``log_ratio`` where it has one (the squash's Jacobian cancels, no inverse of a saturated
+    action), else ``pol.log_prob(params_new, obs, action) − log_prob_old``."""
+    if getattr(pol, "log_ratio", None) is not None:
+        return pol.log_ratio(params_old, params_new, obs, eps)
+    return pol.log_prob(params_new, obs, action) - log_prob_old
+
+
 def as_engine_policy(pol: Policy, observe: Callable[[Any], Any] = lambda s: s):
     """``policy(params, state, eps) = pol.sample(params, observe(state), eps)``."""
 

@@ -29,7 +29,7 @@ from mbpo_grad.agents.common import Agent, TimedState
 from mbpo_grad.agents.ppo import losses
 from mbpo_grad.agents.ppo.config import HParams, PPOConfig, validate
 from mbpo_grad.agents.ppo.networks import default_policy, make_act, value_critic
-from mbpo_grad.policies.base import Policy, sample_and_log_prob
+from mbpo_grad.policies.base import Policy, log_ratio, sample_and_log_prob
 
 PyTree = Any
 sg = jax.lax.stop_gradient
@@ -167,15 +167,10 @@ def build(config: PPOConfig, *, env=None, policy: Optional[Policy] = None):
                           out_axes=1)(r, v, v_next, ro.terminal, ro.truncated)
         return sg(adv), sg(y)
 
-    def log_ratio(pp_old, pp, obs, eps, act, logp_old):
-        if getattr(policy, "log_ratio", None) is not None:
-            # exact pre-squash form: the tanh Jacobian cancels, no atanh of a saturated action
-            return policy.log_ratio(pp_old, pp, obs, eps)
-        return policy.log_prob(pp, obs, act) - logp_old
-
     def loss_fn(params, pp_old, batch, hp):
         obs, eps, act, logp_old, adv, y, w = batch
-        lr = jax.vmap(lambda o, e, a, l: log_ratio(pp_old, params["policy"], o, e, a, l))(obs, eps, act, logp_old)
+        lr = jax.vmap(lambda o, e, a, l: log_ratio(policy, pp_old, params["policy"], o, e, a, l))(
+            obs, eps, act, logp_old)
         if config.clip:
             pi_loss = losses.clipped_surrogate(lr, adv, hp.clip_eps, w)
         else:

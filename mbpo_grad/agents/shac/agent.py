@@ -29,7 +29,7 @@ from mbpo_grad.agents.shac.config import SCORE_ESTIMATORS, HParams, SHACConfig, 
 from mbpo_grad.agents.shac.losses import ActorBatch
 from mbpo_grad.agents.shac.networks import default_policy, make_act, value_critic
 from mbpo_grad.envs import base as envs_base
-from mbpo_grad.policies.base import Policy, sample_and_log_prob
+from mbpo_grad.policies.base import Policy, log_ratio, sample_and_log_prob
 
 PyTree = Any
 
@@ -336,15 +336,13 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
         act, logp_old = jax.vmap(lambda oo, ee: sample_and_log_prob(policy, old, oo, ee))(o, e)
         act, logp_old = jax.lax.stop_gradient((act, logp_old))
 
-        def log_ratio(p, idx):
-            if policy.log_ratio is not None:  # no inverse of the squash (policies.base)
-                return jax.vmap(lambda oo, ee: policy.log_ratio(old, p, oo, ee))(o[idx], e[idx])
-            return jax.vmap(lambda oo, aa: policy.log_prob(p, oo, aa))(o[idx], act[idx]) - logp_old[idx]
+        def ratios(p, idx):  # log π_p(a|o) − log π_old(a|o) of the samples idx
+            return jax.vmap(lambda *x: log_ratio(policy, old, p, *x))(o[idx], e[idx], act[idx], logp_old[idx])
 
         def minibatch(carry, idx):
             p, ostate = carry
             loss, g = jax.value_and_grad(
-                lambda q: ppo_losses.clipped_surrogate(log_ratio(q, idx), a[idx], hp.score_clip, w[idx]))(p)
+                lambda q: ppo_losses.clipped_surrogate(ratios(q, idx), a[idx], hp.score_clip, w[idx]))(p)
             upd, ostate = score_opt.update(g, ostate, p, value=loss)
             upd = jax.tree_util.tree_map(lambda u: (factor * u).astype(u.dtype), upd)
             return (optax.apply_updates(p, upd), ostate), loss
@@ -354,8 +352,7 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
             return jax.lax.scan(minibatch, carry, perm.reshape((config.score_minibatches, s_mb)))
 
         (p, s_opt), _ = jax.lax.scan(epoch, (pp, s_opt), jax.random.split(key, config.score_epochs))
-        everything = jnp.arange(n * B)
-        lr_end = log_ratio(p, everything)
+        lr_end = ratios(p, jnp.arange(n * B))
         return p, s_opt, {"score_kl": ppo_losses.approx_kl(lr_end, w),
                           "score_clip_frac": ppo_losses.clip_fraction(lr_end, hp.score_clip, w)}
 
