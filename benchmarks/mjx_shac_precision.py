@@ -3,6 +3,10 @@
     python -m benchmarks.mjx_shac_precision                      # 8 seeds x {float32, float64}
     python -m benchmarks.mjx_shac_precision --seeds 0,1,2 --iterations 400
     python -m benchmarks.mjx_shac_precision --tiny               # smoke run (toy sizes)
+    python -m benchmarks.mjx_shac_precision --precisions float32 --seeds 9,10 --set max_grad_norm=0.5
+
+``--set FIELD=VALUE`` (repeatable) changes any other ``SHACConfig`` field (VALUE read as JSON, else
+as a string; an unknown field is refused by name); ``--precisions`` runs a subset.
 
 Env: ``envs.make("mjx:inverted_pendulum")`` through the config (``SHACConfig(env=...)``): the
 builtin cart-pole, pole starting upright (qpos, qvel ~ U(−0.01, 0.01)), smooth upright reward
@@ -81,10 +85,12 @@ def train_one(precision: str, seed: int, settings: dict) -> dict:
     from mbpo_grad.agents import shac
 
     critic_minibatches = min(4, settings["horizon"] * settings["num_envs"])
+    extra = dict(critic_minibatches=critic_minibatches)
+    extra.update({k: tuple(v) if isinstance(v, list) else v for k, v in settings.get("set", {}).items()})
     cfg = shac.SHACConfig(env=ENV, horizon=settings["horizon"], num_envs=settings["num_envs"],
                           episode_length=settings["episode_length"], iterations=settings["iterations"],
                           eval_every=settings["eval_every"], eval_envs=settings["eval_envs"],
-                          actor_lr=settings["actor_lr"], critic_minibatches=critic_minibatches, x64=x64)
+                          actor_lr=settings["actor_lr"], x64=x64, **extra)
     stamps = []  # (iteration, seconds since the train call started) at each evaluation
     t0 = time.perf_counter()
 
@@ -160,11 +166,40 @@ def summarise(rows: list, last: int) -> list:
     return out
 
 
+def parse_overrides(items: list, parser) -> dict:
+    """``["max_grad_norm=0.5", ...]`` -> ``{"max_grad_norm": 0.5}``; fields checked against SHACConfig
+    (those this benchmark sets itself, ``env`` and ``x64``, and unknown names are refused)."""
+    import dataclasses
+
+    from mbpo_grad.agents.shac import SHACConfig
+
+    fields = {f.name for f in dataclasses.fields(SHACConfig)}
+    own = set(DEFAULTS) | {"env", "x64"}
+    out = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or not name:
+            parser.error(f"--set: expected FIELD=VALUE, got {item!r}")
+        if name not in fields:
+            parser.error(f"--set: {name!r} is not a SHACConfig field")
+        if name in own:
+            parser.error(f"--set: {name!r} has its own option here (or is fixed by the benchmark)")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        out[name] = tuple(value) if isinstance(value, list) else value  # e.g. actor_hidden=[32,32]
+    return out
+
+
 def main(argv=None) -> dict:
     p = C.parser(NAME, __doc__.split("\n")[0])
     p.add_argument("--seeds", default="0,1,2,3,4,5,6,7", help="comma-separated PRNG seeds (default 0-7)")
     for k, v in DEFAULTS.items():
         p.add_argument("--" + k.replace("_", "-"), type=type(v), default=None, help=f"default {v}")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="another SHACConfig field (repeatable; VALUE parsed as JSON, else a string)")
+    p.add_argument("--precisions", default=",".join(PRECISIONS), help="comma-separated subset of float32,float64")
     p.add_argument("--last", type=int, default=5, help="also report the mean of the last LAST evaluations")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per run (default 900)")
     p.add_argument("--child", default=None, choices=PRECISIONS, help=argparse.SUPPRESS)
@@ -187,6 +222,12 @@ def main(argv=None) -> dict:
         p.error(f"--horizon ({settings['horizon']}) must be <= --episode-length ({settings['episode_length']})")
     if not settings["actor_lr"] > 0:
         p.error(f"--actor-lr: must be > 0, got {settings['actor_lr']}")
+    overrides = parse_overrides(args.set, p)
+    if overrides:
+        settings["set"] = overrides
+    precisions = [q for q in args.precisions.split(",") if q]
+    if not precisions or any(q not in PRECISIONS for q in precisions):
+        p.error(f"--precisions: expected a comma-separated subset of {','.join(PRECISIONS)}, got {args.precisions!r}")
     if args.last < 1:
         p.error(f"--last: must be >= 1, got {args.last}")
     try:
@@ -197,7 +238,7 @@ def main(argv=None) -> dict:
         seeds = seeds[:1]
     payload = {"benchmark": NAME, "machine": C.machine(), "env": ENV, "settings": settings, "seeds": seeds,
                "rows": []}
-    for prec in PRECISIONS:
+    for prec in precisions:
         C.log(f"  {prec}, seeds {seeds} ...")
         for row in run_child(prec, seeds, settings, args.timeout):
             if "error" in row:

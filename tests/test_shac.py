@@ -171,10 +171,11 @@ def test_first_window_return_actor_loss_and_critic_loss_match_python_loops(use_c
         assert float(m["critic_loss"]) == 0.0
 
 
-def test_actor_warmup_trains_only_the_critic_first():
-    """actor_warmup = 2: the policy and its optimiser state are untouched by the first two
-    updates while the critic moves; the third update moves the policy."""
-    cfg = TINY.replace(actor_warmup=2)
+@pytest.mark.parametrize("estimator", ["pathwise", "auto"])
+def test_actor_warmup_trains_only_the_critic_first(estimator):
+    """actor_warmup = 2: the policy and its optimiser states (the PPO steps' too, for "auto") are
+    untouched by the first two updates while the critic moves; the third update moves the policy."""
+    cfg = TINY.replace(actor_warmup=2, estimator=estimator)
     hp = cfg.hparams()
     agent = shac.make_agent(cfg)
     update = jax.jit(agent.update)
@@ -183,9 +184,10 @@ def test_actor_warmup_trains_only_the_critic_first():
     for i in range(2):
         state, m = update(state, hp, jax.random.key(10 + i))
         assert float(m["grad_norm"]) > 0  # the gradient is computed, not applied
-    same = jax.tree_util.tree_map(lambda a, b: bool(jnp.all(a == b)), (s0.policy_params, s0.actor_opt),
-                                  (state.policy_params, state.actor_opt))
+    same = jax.tree_util.tree_map(lambda a, b: bool(jnp.all(a == b)), (s0.policy_params, s0.actor_opt, s0.score_opt),
+                                  (state.policy_params, state.actor_opt, state.score_opt))
     assert all(jax.tree_util.tree_leaves(same))
+    assert (s0.score_opt is None) == (estimator == "pathwise")
     assert not all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
         lambda a, b: bool(jnp.all(a == b)), s0.critic_params, state.critic_params)))
     state, _ = update(state, hp, jax.random.key(12))

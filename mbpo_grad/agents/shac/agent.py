@@ -282,21 +282,14 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
 
     def actor_step(state, loss, grads, all_masked, weight=None):
         """(params, opt state, skip statistics): the guarded Adam step, its update multiplied by
-        ``weight`` when given (α_eff for the phased "auto", 0 for the phased "score"). During
-        ``actor_warmup`` the gradient is computed but not applied; its statistics are reported
-        all the same."""
+        ``weight`` when given (α_eff for the phased "auto", 0 for the phased "score"). (During
+        ``actor_warmup``, ``update`` puts the old actor back afterwards; the statistics are reported.)"""
         params = state.policy_params
         updates, a_opt = actor_opt.update(grads, state.actor_opt, params, skip=all_masked, value=loss)
         if weight is not None:
             updates = jax.tree_util.tree_map(lambda u: (weight * u).astype(u.dtype), updates)
         pp = optax.apply_updates(params, updates)
-        stats = guards.skip_stats(a_opt)
-        if config.actor_warmup > 0:  # critic-only iterations: keep the actor and its optimiser
-            warm = state.iteration < config.actor_warmup
-            keep_old = lambda new, old: jnp.where(warm, old, new)
-            pp = jax.tree_util.tree_map(keep_old, pp, params)
-            a_opt = jax.tree_util.tree_map(keep_old, a_opt, state.actor_opt)
-        return pp, a_opt, stats
+        return pp, a_opt, guards.skip_stats(a_opt)
 
     def usable_envs(traj, keep):
         """[B] bool: the env's window is usable (not masked; every state and reward finite).
@@ -402,15 +395,14 @@ def make_agent(config: SHACConfig, *, env=None, policy: Optional[Policy] = None)
         if phased:  # PPO's epochs on the window for the score-function part, weighted 1 − α_eff
             factor = (1.0 - weight) * (~all_masked).astype(fdtype)
             eps = jnp.swapaxes(batch.policy_noise[:n], 0, 1)                              # [B, n, ...]
-            pp_new, s_opt, score_metrics = score_steps(pp, state.score_opt, state.policy_params, obs[:, :-1], eps,
-                                                       targets - v_targ[:, :-1], live, hp, factor,
-                                                       jax.random.fold_in(k_crit, 1))
-            if config.actor_warmup > 0:  # critic-only iterations: keep the actor and its optimisers
-                warm = state.iteration < config.actor_warmup
-                pp_new = jax.tree_util.tree_map(lambda new, old: jnp.where(warm, old, new), pp_new, pp)
-                s_opt = jax.tree_util.tree_map(lambda new, old: jnp.where(warm, old, new), s_opt, state.score_opt)
-            pp = pp_new
+            pp, s_opt, score_metrics = score_steps(pp, state.score_opt, state.policy_params, obs[:, :-1], eps,
+                                                   targets - v_targ[:, :-1], live, hp, factor,
+                                                   jax.random.fold_in(k_crit, 1))
             extra = {**extra, **score_metrics}
+        if config.actor_warmup > 0:  # critic-only iterations: the actor and its optimisers stay as they were
+            warm = state.iteration < config.actor_warmup
+            pp, a_opt, s_opt = jax.tree_util.tree_map(lambda new, old: jnp.where(warm, old, new), (pp, a_opt, s_opt),
+                                                      (state.policy_params, state.actor_opt, state.score_opt))
 
         if config.use_critic:
             cp, tp, c_opt, c_loss, critic_skipped = critic_step(state, hp, obs, targets, live, k_crit)
