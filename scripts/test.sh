@@ -8,4 +8,4 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[test]"
-exec .venv/bin/python -m pytest -q -n 2 --durations=15 "$@"
+exec .venv/bin/python -m pytest -q -n 2 --dist worksteal --durations=15 "$@"
