@@ -82,11 +82,12 @@ def train_one(precision: str, seed: int, settings: dict) -> dict:
     import jax
     import numpy as np
 
+    from mbpo_grad import runs
     from mbpo_grad.agents import shac
 
     critic_minibatches = min(4, settings["horizon"] * settings["num_envs"])
     extra = dict(critic_minibatches=critic_minibatches)
-    extra.update({k: tuple(v) if isinstance(v, list) else v for k, v in settings.get("set", {}).items()})
+    extra.update(runs._tuples(shac.SHACConfig, settings.get("set", {})))  # JSON lists back to tuples
     cfg = shac.SHACConfig(env=ENV, horizon=settings["horizon"], num_envs=settings["num_envs"],
                           episode_length=settings["episode_length"], iterations=settings["iterations"],
                           eval_every=settings["eval_every"], eval_envs=settings["eval_envs"],
@@ -185,10 +186,9 @@ def parse_overrides(items: list, parser) -> dict:
         if name in own:
             parser.error(f"--set: {name!r} has its own option here (or is fixed by the benchmark)")
         try:
-            value = json.loads(raw)
+            out[name] = json.loads(raw)
         except ValueError:
-            value = raw
-        out[name] = tuple(value) if isinstance(value, list) else value  # e.g. actor_hidden=[32,32]
+            out[name] = raw
     return out
 
 
